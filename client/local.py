@@ -1,0 +1,68 @@
+"""Local single-node mode: the engine in this process, no server, no Ray."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from gradwire.client.graph import Graph
+from gradwire.worker.engine import Program, Result
+from gradwire.worker.graph import GraphDef
+from gradwire.worker.shards import run_sharded
+
+
+class LocalEngine:
+    """``value_and_grad`` in-process. ``shards`` > 1 runs the cluster's micro-shard plan, so
+    the answer matches a server using the same shard count bit for bit."""
+
+    def __init__(self, shards: int = 1, check_finite: bool = False, cache_size: int = 32):
+        self.shards = shards
+        self.check_finite = check_finite
+        self._programs: OrderedDict[int, tuple[GraphDef, Program]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def program(self, graph: Graph | GraphDef) -> Program:
+        graph_def = graph.graph_def if isinstance(graph, Graph) else graph
+        # keyed by identity: a Graph being built further is re-analysed when its nodes change
+        key = id(graph_def)
+        hit = self._programs.get(key)
+        if hit is not None and hit[0] is graph_def and len(hit[1].order) == len(graph_def.nodes) \
+                and hit[1].graph.loss == graph_def.loss:
+            self._programs.move_to_end(key)
+            return hit[1]
+        program = Program(graph_def)
+        self._programs[key] = (graph_def, program)
+        if len(self._programs) > self._cache_size:
+            self._programs.popitem(last=False)
+        return program
+
+    def run(self, graph: Graph | GraphDef, params: dict[str, Any], batch: dict[str, Any], *,
+            wrt=None, fetch=()) -> Result:
+        program = self.program(graph)
+        return run_sharded(program, _arrays(params), _arrays(batch), self.shards,
+                           wrt=wrt, fetch=tuple(fetch), check_finite=self.check_finite)
+
+    def value_and_grad(self, graph: Graph | GraphDef, params: dict[str, Any], batch: dict[str, Any]):
+        """``(loss, grads)``: the loss as a float and one gradient per parameter, shaped and
+        typed like it (zeros for a parameter the loss does not depend on)."""
+        result = self.run(graph, params, batch)
+        return result.loss, result.grads
+
+    def close(self) -> None:
+        self._programs.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _arrays(values: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in values.items()}
+
+
+def local(shards: int = 1, check_finite: bool = False) -> LocalEngine:
+    return LocalEngine(shards=shards, check_finite=check_finite)

@@ -1,0 +1,203 @@
+"""The executor: forward in topological order, backward in reverse, accumulating gradients.
+
+It knows no op by name: everything op-specific comes from the op table. ``Program`` holds
+what depends only on the graph (order, attrs, liveness), so a cached program runs a
+request with no analysis beyond a metadata-only shape check of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import numpy as np
+
+from gradwire.worker.graph import GraphDef
+from gradwire.worker.ops import OPS
+from gradwire.worker.spec import TensorSpec
+from gradwire.worker.validate import GraphError, Limits, check_outputs, infer, topological_order
+
+
+class ExecutionError(GraphError):
+    """A kernel rejected its data at run time (e.g. a label out of range, a non-finite value)."""
+
+
+@dataclass
+class Result:
+    loss: float
+    grads: dict[str, np.ndarray]
+    input_grads: dict[str, np.ndarray] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Backward:
+    """Which nodes the backward pass visits for one choice of differentiated sources."""
+
+    nodes: tuple[int, ...]  # indices into the program's order, in reverse topological order
+    needs: tuple[tuple[bool, ...], ...]  # per visited node: which inputs want a gradient
+    saved_last_use: dict[str, int]  # value -> the backward position after which it is dead
+
+
+def _placeholder(spec: TensorSpec) -> np.ndarray:
+    # A freed activation's stand-in: right shape and dtype, no memory. VJPs that declared
+    # they do not save a value only ever read its shape.
+    return np.broadcast_to(np.zeros((), spec.dtype), spec.shape)
+
+
+class Program:
+    def __init__(self, graph: GraphDef, limits: Limits | None = None):
+        self.graph = graph
+        self.limits = limits or Limits()
+        self.order = topological_order(graph)
+        self.specs, self.attrs = infer(graph, self.order, graph.sources(), self.limits)
+        check_outputs(graph, self.specs)
+        self.ops = [OPS[node.op] for node in self.order]
+        # Forward liveness: the last node (by position) that reads each value.
+        self.forward_last_use: dict[str, int] = {}
+        for i, node in enumerate(self.order):
+            for ref in node.inputs:
+                self.forward_last_use[ref] = i
+        self._backward_plans: dict[tuple[str, ...], _Backward] = {}
+
+    # ------------------------------------------------------------------ checks
+
+    def bind(self, params: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> dict[str, TensorSpec]:
+        """Check params and batch against the graph and infer every concrete spec (no allocation)."""
+        g = self.graph
+        for kind, declared, given in (("parameter", g.params, params), ("batch input", g.inputs, batch)):
+            missing = sorted(set(declared) - set(given))
+            if missing:
+                raise GraphError(f"missing {kind}(s) {missing}")
+            extra = sorted(set(given) - set(declared))
+            if extra:
+                raise GraphError(f"unknown {kind}(s) {extra}; the graph declares {sorted(declared)}")
+        sources: dict[str, TensorSpec] = {}
+        for name, spec in list(g.params.items()) + list(g.inputs.items()):
+            value = params[name] if name in g.params else batch[name]
+            got = TensorSpec.of(value)
+            if got.dtype != spec.dtype or len(got.shape) != len(spec.shape) or any(
+                d is not None and d != e for d, e in zip(spec.shape, got.shape)
+            ):
+                raise GraphError(f"tensor {name!r} must be {spec}, got {got}")
+            sources[name] = got
+        batch_sizes = {n: batch[n].shape[0] for n, s in g.inputs.items() if s.shape and s.shape[0] is None}
+        if len(set(batch_sizes.values())) > 1:
+            raise GraphError(f"batch inputs disagree on the batch size: {batch_sizes}")
+        sources.update({n: TensorSpec.of(v) for n, v in g.constants.items()})
+        specs, _ = infer(g, self.order, sources, self.limits)
+        return specs
+
+    # ------------------------------------------------------------------ backward plan
+
+    def backward_plan(self, wrt: tuple[str, ...]) -> _Backward:
+        plan = self._backward_plans.get(wrt)
+        if plan is None:
+            plan = self._backward_plans[wrt] = self._make_backward_plan(wrt)
+        return plan
+
+    def _make_backward_plan(self, wrt: tuple[str, ...]) -> _Backward:
+        requires = set(wrt)
+        for i, node in enumerate(self.order):
+            diff = self.ops[i].differentiable(len(node.inputs))
+            if any(ref in requires and d for ref, d in zip(node.inputs, diff)):
+                requires.add(node.name)
+        # Walk back from the loss: only nodes on a path from a differentiated source to it.
+        reaches_loss = {self.graph.loss}
+        visited, needs = [], []
+        for i in range(len(self.order) - 1, -1, -1):
+            node = self.order[i]
+            if node.name not in reaches_loss or node.name not in requires:
+                continue
+            diff = self.ops[i].differentiable(len(node.inputs))
+            need = tuple(ref in requires and d for ref, d in zip(node.inputs, diff))
+            reaches_loss.update(ref for ref, n in zip(node.inputs, need) if n)
+            visited.append(i)
+            needs.append(need)
+        last_use: dict[str, int] = {}
+        for step, i in enumerate(visited):
+            for ref in self._saved(i):
+                last_use[ref] = step  # later steps overwrite: the final reader wins
+        return _Backward(tuple(visited), tuple(needs), last_use)
+
+    def _saved(self, i: int) -> list[str]:
+        node, op = self.order[i], self.ops[i]
+        if op.saves is None:
+            return [node.name, *node.inputs]
+        return [node.name if s == "y" else node.inputs[s] for s in op.saves]
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, params: dict[str, np.ndarray], batch: dict[str, np.ndarray], *,
+            wrt: tuple[str, ...] | None = None, fetch: tuple[str, ...] = (),
+            loss_scale: float = 1.0, check_finite: bool = False,
+            specs: dict[str, TensorSpec] | None = None) -> Result:
+        """Loss and gradients for ``wrt`` (default: every parameter). ``loss_scale`` seeds the
+        backward pass (a shard's weight in the batch); the returned loss is scaled alike."""
+        specs = specs or self.bind(params, batch)
+        wrt = tuple(self.graph.params) if wrt is None else tuple(wrt)
+        unknown = [w for w in wrt if w not in self.graph.params and w not in self.graph.inputs]
+        if unknown:
+            raise GraphError(f"cannot differentiate with respect to {unknown}: not a parameter or batch input")
+        fetch = tuple(fetch) or self.graph.outputs
+        plan = self.backward_plan(wrt)
+        keep = set(plan.saved_last_use) | set(fetch) | {self.graph.loss}
+
+        env: dict[str, np.ndarray] = {**self.graph.constants, **params, **batch}
+        for i, node in enumerate(self.order):
+            op = self.ops[i]
+            try:
+                y = np.asarray(op.forward(*[env[ref] for ref in node.inputs], **self.attrs[i]))
+            except (ValueError, FloatingPointError, IndexError) as exc:
+                raise ExecutionError(str(exc), node.name, node.op) from None
+            if check_finite and y.dtype.kind == "f" and not np.isfinite(y).all():
+                raise ExecutionError("produced a non-finite value (NaN or Inf)", node.name, node.op)
+            env[node.name] = y
+            for ref in node.inputs:
+                if self.forward_last_use[ref] == i and ref not in keep:
+                    env.pop(ref, None)
+
+        loss_spec = specs[self.graph.loss]
+        loss = float(env[self.graph.loss]) * loss_scale
+        outputs = {name: env[name] for name in fetch}
+        grads: dict[str, np.ndarray] = {self.graph.loss: np.asarray(loss_scale, loss_spec.dtype)}
+        for step, (i, need) in enumerate(zip(plan.nodes, plan.needs)):
+            node, op = self.order[i], self.ops[i]
+            g = grads.pop(node.name)
+            y = env.get(node.name)
+            if y is None:
+                y = _placeholder(specs[node.name])
+            xs = [env[ref] if ref in env else _placeholder(specs[ref]) for ref in node.inputs]
+            for ref, grad in zip(node.inputs, op.input_grads(need, g, y, xs, self.attrs[i])):
+                if grad is None:
+                    continue
+                # accumulate, never overwrite: a value read twice gets both contributions
+                grads[ref] = grads[ref] + grad if ref in grads else grad
+            for ref in self._saved(i):
+                if plan.saved_last_use.get(ref) == step and ref not in outputs:
+                    env.pop(ref, None)
+
+        handed_out: set[int] = set()
+
+        def finish(names: list[str]) -> dict[str, np.ndarray]:
+            out = {}
+            for n in names:
+                out[n] = _own(grads.get(n), specs[n], handed_out)
+                handed_out.add(id(out[n]))
+            return out
+
+        return Result(
+            loss=loss,
+            grads=finish([w for w in wrt if w in self.graph.params]),
+            input_grads=finish([w for w in wrt if w in self.graph.inputs]),
+            outputs={n: np.array(v) for n, v in outputs.items()},
+        )
+
+
+def _own(grad: np.ndarray | None, spec: TensorSpec, handed_out: set[int]) -> np.ndarray:
+    """A fresh, writable array of the value's exact shape and dtype (zeros if no gradient
+    flowed): gradients may be views shared between values, never hand those out."""
+    if grad is None:
+        return np.zeros(spec.shape, spec.dtype)
+    if id(grad) not in handed_out and grad.flags.owndata and grad.flags.writeable and grad.flags.c_contiguous and grad.dtype == spec.dtype \
+            and grad.shape == spec.shape:
+        return grad
+    return np.array(np.broadcast_to(grad, spec.shape), dtype=spec.dtype, order="C")

@@ -1,0 +1,10 @@
+"""The op table. Importing this package registers every op; ``OPS`` maps name -> ``Op``.
+
+To add an op, register it in one of the modules below (see ``registry`` for the contract);
+the engine, validator, wire format, SDK functions and registry-driven tests pick it up.
+"""
+
+from gradwire.worker.ops import elementwise, reduce, shape  # noqa: F401  (registration)
+from gradwire.worker.ops.registry import OPS, Attr, Op, Sample, ShapeError, unbroadcast
+
+__all__ = ["OPS", "Attr", "Op", "Sample", "ShapeError", "unbroadcast"]

@@ -1,0 +1,151 @@
+"""Elementwise ops: the seed's add/mul/relu/sigmoid and the rest of the unary/binary family."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradwire.worker.ops.registry import (
+    Attr,
+    Op,
+    Sample,
+    ShapeError,
+    broadcast_dims,
+    register,
+    require_float,
+    require_same_dtype,
+)
+from gradwire.worker.spec import DTYPES, TensorSpec
+
+# Test-input domains, by name, so each op states where its samples live.
+DOMAINS = {
+    "real": lambda rng, shape: rng.uniform(-2.0, 2.0, shape),
+    "positive": lambda rng, shape: rng.uniform(0.5, 2.0, shape),
+    "small": lambda rng, shape: rng.uniform(-1.0, 1.0, shape),
+    # away from 0 so finite differences never straddle a kink
+    "nonzero": lambda rng, shape: rng.choice([-1.0, 1.0], shape) * rng.uniform(0.1, 2.0, shape),
+}
+
+BINARY_SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)), ((), (3,))]
+
+
+def _infer_unary(x: TensorSpec, **_: object) -> TensorSpec:
+    require_float(x)
+    return x
+
+
+def _infer_binary(a: TensorSpec, b: TensorSpec) -> TensorSpec:
+    require_float(a, b)
+    require_same_dtype(a, b)
+    return TensorSpec(broadcast_dims(a.shape, b.shape), a.dtype)
+
+
+def unary(name, forward, rule, saves, domain="real", attrs=None, attr_samples=({},), doc=""):
+    def samples(rng):
+        return [Sample((DOMAINS[domain](rng, (3, 4)),), dict(a)) for a in attr_samples]
+
+    return register(Op(name, forward, _infer_unary, (rule,), samples, arity=1,
+                       attrs=attrs or {}, saves=saves, doc=doc))
+
+
+def binary(name, forward, rule_a, rule_b, saves, domain=("real", "real"), doc=""):
+    def samples(rng):
+        return [Sample((DOMAINS[domain[0]](rng, sa), DOMAINS[domain[1]](rng, sb)))
+                for sa, sb in BINARY_SHAPES]
+
+    return register(Op(name, forward, _infer_binary, (rule_a, rule_b), samples, arity=2,
+                       saves=saves, broadcast=True, doc=doc))
+
+
+def _mask(condition: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return condition.astype(like.dtype, copy=False)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # tanh form: one transcendental per element and no overflow for large |x|
+    return 0.5 + 0.5 * np.tanh(0.5 * x)
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+# ------------------------------------------------------------------ the seed's nodes
+
+binary("add", np.add,
+       lambda g, y, a, b: g,
+       lambda g, y, a, b: g, saves=())
+binary("mul", np.multiply,
+       lambda g, y, a, b: g * b,
+       lambda g, y, a, b: g * a, saves=(0, 1))
+# NOTE: the subgradient at x == 0 is 0, as in PyTorch; y > 0 iff x > 0, so y suffices.
+unary("relu", _relu, lambda g, y, x: g * _mask(y > 0, g), saves=("y",), domain="nonzero")
+unary("sigmoid", sigmoid, lambda g, y, x: g * y * (1 - y), saves=("y",))
+
+# ------------------------------------------------------------------ binary
+
+binary("sub", np.subtract,
+       lambda g, y, a, b: g,
+       lambda g, y, a, b: -g, saves=())
+binary("div", np.divide,
+       lambda g, y, a, b: g / b,
+       lambda g, y, a, b: -g * y / b, saves=(1, "y"), domain=("real", "positive"))
+
+
+def _pick_larger(a, b, g):
+    # ties split the gradient evenly, as PyTorch does
+    return g * (_mask(a > b, g) + 0.5 * _mask(a == b, g))
+
+
+binary("maximum", np.maximum,
+       lambda g, y, a, b: _pick_larger(a, b, g),
+       lambda g, y, a, b: _pick_larger(b, a, g), saves=(0, 1))
+binary("minimum", np.minimum,
+       lambda g, y, a, b: _pick_larger(b, a, g),
+       lambda g, y, a, b: _pick_larger(a, b, g), saves=(0, 1))
+
+# ------------------------------------------------------------------ unary
+
+unary("neg", np.negative, lambda g, y, x: -g, saves=())
+unary("exp", np.exp, lambda g, y, x: g * y, saves=("y",), domain="small")
+unary("log", np.log, lambda g, y, x: g / x, saves=(0,), domain="positive")
+unary("tanh", np.tanh, lambda g, y, x: g * (1 - y * y), saves=("y",))
+unary("square", np.square, lambda g, y, x: 2 * g * x, saves=(0,))
+unary("sqrt", np.sqrt, lambda g, y, x: g / (2 * y), saves=("y",), domain="positive")
+# NOTE: subgradient 0 at x == 0 (np.sign), as in PyTorch.
+unary("abs", np.abs, lambda g, y, x: g * np.sign(x), saves=(0,), domain="nonzero")
+
+
+def _pow(x, exponent):
+    return np.power(x, x.dtype.type(exponent))
+
+
+unary("pow", _pow,
+      lambda g, y, x, exponent: g * (exponent * _pow(x, exponent - 1)),
+      saves=(0,), domain="positive", attrs={"exponent": Attr("float")},
+      attr_samples=({"exponent": 2.0}, {"exponent": 0.5}, {"exponent": -1.5}),
+      doc="x ** exponent for a scalar exponent")
+
+# ------------------------------------------------------------------ where
+
+
+def _infer_where(cond: TensorSpec, a: TensorSpec, b: TensorSpec) -> TensorSpec:
+    if cond.dtype != DTYPES["bool"]:
+        raise ShapeError(f"condition must be a bool tensor, got {cond}")
+    require_float(a, b)
+    require_same_dtype(a, b)
+    return TensorSpec(broadcast_dims(cond.shape, a.shape, b.shape), a.dtype)
+
+
+def _where_samples(rng):
+    return [Sample((rng.uniform(size=sc) > 0.5, rng.normal(size=sa), rng.normal(size=sb)))
+            for sc, sa, sb in [((3, 4), (3, 4), (3, 4)), ((3, 4), (4,), (3, 1)), ((4,), (3, 4), ())]]
+
+
+register(Op(
+    "where", np.where, _infer_where,
+    (None,
+     lambda g, y, c, a, b: np.where(c, g, 0),
+     lambda g, y, c, a, b: np.where(c, 0, g)),
+    _where_samples, arity=3, saves=(0,), broadcast=True,
+    doc="where(condition, a, b): a where condition is true, else b; condition is not differentiated",
+))

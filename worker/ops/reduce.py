@@ -1,0 +1,190 @@
+"""Reductions (sum, mean, max over axes, with keepdims), softmax family and losses."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradwire.worker.ops.elementwise import sigmoid
+from gradwire.worker.ops.registry import (
+    Attr,
+    Op,
+    Sample,
+    ShapeError,
+    fmt_shape,
+    keepdims_shape,
+    normalize_axes,
+    register,
+    require_float,
+    require_same_dtype,
+)
+from gradwire.worker.spec import INT_DTYPES, TensorSpec
+
+REDUCE_ATTRS = {"axis": Attr("axes", None), "keepdims": Attr("bool", False)}
+
+
+def _axis(axis):
+    return tuple(axis) if isinstance(axis, list) else axis
+
+
+def _infer_reduce(x: TensorSpec, axis=None, keepdims=False) -> TensorSpec:
+    require_float(x)
+    axes = normalize_axes(axis, x.ndim)
+    return TensorSpec(keepdims_shape(x.shape, axes, keepdims), x.dtype)
+
+
+def _expand(g: np.ndarray, x: np.ndarray, axis, keepdims) -> np.ndarray:
+    """``g`` (a reduction's output gradient) with the reduced axes restored as size 1."""
+    return g if keepdims else np.expand_dims(g, normalize_axes(axis, x.ndim))
+
+
+def _count(x: np.ndarray, axis) -> int:
+    return int(np.prod([x.shape[a] for a in normalize_axes(axis, x.ndim)]))
+
+
+def _reduce_samples(rng):
+    x = rng.normal(size=(3, 4, 2))
+    return [Sample((x,), {}), Sample((x,), {"axis": 1}), Sample((x,), {"axis": [0, 2], "keepdims": True}),
+            Sample((x,), {"axis": -1})]
+
+
+def reduction(name, forward, rule, saves, doc):
+    return register(Op(name, forward, _infer_reduce, (rule,), _reduce_samples,
+                       attrs=REDUCE_ATTRS, saves=saves, doc=doc))
+
+
+reduction("sum", lambda x, axis=None, keepdims=False: np.sum(x, axis=_axis(axis), keepdims=keepdims),
+          lambda g, y, x, axis=None, keepdims=False: np.broadcast_to(_expand(g, x, axis, keepdims), x.shape),
+          saves=(), doc="sum over axes (all when axis is None)")
+reduction("mean", lambda x, axis=None, keepdims=False: np.mean(x, axis=_axis(axis), keepdims=keepdims),
+          lambda g, y, x, axis=None, keepdims=False:
+              np.broadcast_to(_expand(g, x, axis, keepdims) / _count(x, axis), x.shape),
+          saves=(), doc="mean over axes (all when axis is None)")
+
+
+def _max_vjp(g, y, x, axis=None, keepdims=False):
+    # ties share the gradient evenly, so the rule stays a valid subgradient
+    hit = (x == _expand(y, x, axis, keepdims)).astype(g.dtype)
+    return hit * (_expand(g, x, axis, keepdims) / hit.sum(axis=_axis(axis), keepdims=True))
+
+
+reduction("max", lambda x, axis=None, keepdims=False: np.max(x, axis=_axis(axis), keepdims=keepdims),
+          _max_vjp, saves=(0, "y"), doc="max over axes (all when axis is None)")
+
+
+# ------------------------------------------------------------------ softmax family
+
+
+def _infer_softmax(x: TensorSpec, axis=-1) -> TensorSpec:
+    require_float(x)
+    normalize_axes(axis, x.ndim)
+    return x
+
+
+def _log_softmax(x, axis=-1):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _softmax_samples(rng):
+    return [Sample((rng.normal(size=(3, 5)),), {}), Sample((rng.normal(size=(2, 3, 4)),), {"axis": 1})]
+
+
+register(Op(
+    "softmax", _softmax, _infer_softmax,
+    (lambda g, y, x, axis=-1: y * (g - (g * y).sum(axis=axis, keepdims=True)),),
+    _softmax_samples, attrs={"axis": Attr("int", -1)}, saves=("y",),
+))
+register(Op(
+    "log_softmax", _log_softmax, _infer_softmax,
+    (lambda g, y, x, axis=-1: g - np.exp(y) * g.sum(axis=axis, keepdims=True),),
+    _softmax_samples, attrs={"axis": Attr("int", -1)}, saves=("y",),
+))
+
+# ------------------------------------------------------------------ losses (scalar, mean over elements)
+
+
+def _infer_sce(logits: TensorSpec, labels: TensorSpec) -> TensorSpec:
+    require_float(logits)
+    if labels.dtype not in INT_DTYPES:
+        raise ShapeError(f"labels must be an int32 or int64 tensor, got {labels}")
+    if logits.ndim != 2 or labels.ndim != 1:
+        raise ShapeError(f"expected logits (batch, classes) and labels (batch,), got "
+                         f"{fmt_shape(logits.shape)} and {fmt_shape(labels.shape)}")
+    n, m = logits.shape[0], labels.shape[0]
+    if n is not None and m is not None and n != m:
+        raise ShapeError(f"logits {fmt_shape(logits.shape)} and labels {fmt_shape(labels.shape)} differ in batch size")
+    return TensorSpec((), logits.dtype)
+
+
+def _picked(logits, labels):
+    classes = logits.shape[1]
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"labels must lie in [0, {classes}), got values in [{labels.min()}, {labels.max()}]")
+    return np.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+
+
+# NOTE: fused on purpose. log(softmax(z)) underflows to log(0) = -inf once a logit trails the
+# largest by ~100 (float32) and its gradient divides by that 0; the fused form works on the
+# log-sum-exp of shifted logits, which never overflows, and its gradient (softmax - onehot)/N
+# is bounded.
+def _sce_forward(logits, labels):
+    return np.mean(-_picked(_log_softmax(logits), labels)).astype(logits.dtype)
+
+
+def _sce_vjp(g, y, logits, labels):
+    grad = _softmax(logits)
+    grad[np.arange(len(labels)), labels] -= 1
+    return grad * (g / len(labels))
+
+
+def _sce_samples(rng):
+    return [Sample((rng.normal(size=(6, 4)), rng.integers(0, 4, size=6)))]
+
+
+register(Op(
+    "softmax_cross_entropy", _sce_forward, _infer_sce, (_sce_vjp, None), _sce_samples,
+    arity=2, saves=(0, 1),
+    doc="mean over the batch of -log softmax(logits)[label]; logits (batch, classes), integer labels (batch,)",
+))
+
+
+def _infer_pairwise_loss(a: TensorSpec, b: TensorSpec) -> TensorSpec:
+    require_float(a, b)
+    require_same_dtype(a, b)
+    if len(a.shape) != len(b.shape) or any(
+        da is not None and db is not None and da != db for da, db in zip(a.shape, b.shape)
+    ):
+        raise ShapeError(f"prediction {fmt_shape(a.shape)} and target {fmt_shape(b.shape)} differ in shape")
+    return TensorSpec((), a.dtype)
+
+
+def _pair_samples(domain_b):
+    return lambda rng: [Sample((rng.normal(size=(4, 3)), domain_b(rng, (4, 3))))]
+
+
+register(Op(
+    "mse", lambda p, t: np.mean(np.square(p - t)).astype(p.dtype), _infer_pairwise_loss,
+    (lambda g, y, p, t: (p - t) * (2 * g / p.size),
+     lambda g, y, p, t: (t - p) * (2 * g / p.size)),
+    _pair_samples(lambda rng, s: rng.normal(size=s)), arity=2, saves=(0, 1),
+    doc="mean squared error over all elements",
+))
+
+
+def _bce_forward(x, t):
+    # max(x, 0) - x t + log(1 + e^-|x|): never exponentiates a positive number
+    return np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype)
+
+
+register(Op(
+    "binary_cross_entropy_with_logits", _bce_forward, _infer_pairwise_loss,
+    (lambda g, y, x, t: (sigmoid(x) - t) * (g / x.size),
+     lambda g, y, x, t: x * (-g / x.size)),
+    _pair_samples(lambda rng, s: rng.uniform(0.0, 1.0, s)), arity=2, saves=(0, 1),
+    doc="mean over all elements of the logistic loss of logits against targets in [0, 1]",
+))

@@ -1,0 +1,169 @@
+"""The op table's contract. Every op is one ``Op`` registered once with ``register``.
+
+An op holds, side by side:
+
+* ``forward(*xs, **attrs) -> y``: a vectorized NumPy kernel.
+* ``vjp``: one rule per input, ``rule(g, y, *xs, **attrs) -> gradient for that input``
+  (``None`` for an input that is not differentiable, e.g. integer labels). ``g`` is the
+  gradient of the loss w.r.t. ``y``. Rules reuse ``y`` where cheaper than recomputing.
+  Variadic ops give one callable ``rule(g, y, *xs, **attrs) -> tuple`` instead.
+* ``infer(*specs, **attrs) -> TensorSpec``: the shape/dtype rule. It *is* the validator:
+  it raises ``ShapeError`` for anything the kernel would reject.
+* ``saves``: which forward values the vjp reads (``"y"`` and/or input positions). The
+  executor frees the rest as soon as the forward pass is done with them; a vjp is then
+  handed a zero-strided placeholder that has only the right shape and dtype.
+* ``broadcast``: the op broadcasts its inputs as NumPy does; the executor reduces each
+  gradient back to its input's shape with ``unbroadcast`` (the one place that does it).
+* ``samples(rng) -> [Sample]``: float64 test inputs inside the op's domain. The test
+  suite checks every registered op with them; an op without samples fails it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradwire.worker.spec import FLOAT_DTYPES, TensorSpec
+
+
+class ShapeError(ValueError):
+    """Raised by a shape rule; the validator adds the node, op and input shapes."""
+
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Attr:
+    """An attribute's kind and default. Kinds: int, ints, float, bool, axes (None|int|ints)."""
+
+    kind: str
+    default: Any = _REQUIRED
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+@dataclass(frozen=True)
+class Sample:
+    inputs: tuple[np.ndarray, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+VjpRule = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    forward: Callable[..., np.ndarray]
+    infer: Callable[..., TensorSpec]
+    vjp: tuple[VjpRule | None, ...] | VjpRule
+    samples: Callable[[np.random.Generator], list[Sample]] | None
+    arity: int | None = 1  # None: variadic, at least one input
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    saves: tuple[str | int, ...] | None = None  # None: everything
+    broadcast: bool = False
+    doc: str = ""
+
+    def differentiable(self, n_inputs: int) -> tuple[bool, ...]:
+        if callable(self.vjp):
+            return (True,) * n_inputs
+        return tuple(rule is not None for rule in self.vjp)
+
+    def input_grads(self, needs: Sequence[bool], g, y, xs, attrs) -> list[np.ndarray | None]:
+        """Gradients for the inputs flagged in ``needs`` (others ``None``), unbroadcast."""
+        if callable(self.vjp):
+            grads = list(self.vjp(g, y, *xs, **attrs))
+        else:
+            grads = [
+                rule(g, y, *xs, **attrs) if (need and rule is not None) else None
+                for need, rule in zip(needs, self.vjp)
+            ]
+        if self.broadcast:
+            grads = [None if gr is None else unbroadcast(gr, x.shape) for gr, x in zip(grads, xs)]
+        return [gr if need else None for gr, need in zip(grads, needs)]
+
+
+OPS: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    if op.name in OPS:
+        raise ValueError(f"op {op.name!r} registered twice")
+    if not callable(op.vjp) and op.arity is not None and len(op.vjp) != op.arity:
+        raise ValueError(f"op {op.name!r}: {len(op.vjp)} vjp rules for arity {op.arity}")
+    OPS[op.name] = op
+    return op
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum ``grad`` over the axes NumPy broadcasting added or stretched to reach ``shape``."""
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, d in enumerate(shape) if d == 1 and grad.shape[extra + i] != 1
+    )
+    return grad.sum(axis=axes).reshape(shape)
+
+
+def broadcast_dims(*shapes: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    """NumPy's broadcasting rule on shapes that may hold unknown (None) dims."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out: list[int | None] = []
+    for i in range(ndim):
+        dims = [s[len(s) - ndim + i] for s in shapes if len(s) - ndim + i >= 0]
+        known = {d for d in dims if d is not None and d != 1}
+        if len(known) > 1:
+            raise ShapeError(f"shapes {' and '.join(map(fmt_shape, shapes))} do not broadcast")
+        if known:
+            out.append(known.pop())
+        elif any(d is None for d in dims):
+            out.append(None)
+        else:
+            out.append(1)
+    return tuple(out)
+
+
+def fmt_shape(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def require_float(*specs: TensorSpec) -> None:
+    for spec in specs:
+        if spec.dtype not in FLOAT_DTYPES:
+            raise ShapeError(f"expected a float32 or float64 tensor, got {spec}")
+
+
+def require_same_dtype(*specs: TensorSpec) -> None:
+    if len({s.dtype for s in specs}) > 1:
+        raise ShapeError("dtype mismatch: " + " vs ".join(str(s) for s in specs))
+
+
+def normalize_axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    """Axes as sorted non-negative ints; ``None`` means all. Out-of-range axes raise."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ShapeError(f"axis {a} is out of range for a tensor of rank {ndim}")
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"repeated axis in {axes}")
+    return tuple(sorted(out))
+
+
+def keepdims_shape(shape: tuple, axes: tuple[int, ...], keepdims: bool) -> tuple:
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)

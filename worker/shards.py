@@ -1,0 +1,87 @@
+"""The micro-shard plan shared by every backend, so that their answers agree bitwise.
+
+A batch of N examples is cut into ``n_shards`` contiguous slices whose sizes differ by at
+most one (the plan depends on N and ``n_shards`` only, never on the worker count). Shard i
+runs the engine with its backward pass seeded by its weight: ``n_i / N`` for a "mean" loss,
+1 for a "sum" loss, so the weighted shard losses and gradients add up to the whole batch's.
+Results are summed in a fixed pairwise tree ordered by shard index: the same request gives
+the same bits whichever worker ran which shard and in what order they finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from gradwire.worker.engine import Program, Result
+
+
+def batch_size(program: Program, batch: dict[str, np.ndarray]) -> int | None:
+    """The size of the batch dimension, or None when no input has an unknown leading dim."""
+    for name, spec in program.graph.inputs.items():
+        if spec.shape and spec.shape[0] is None:
+            return int(batch[name].shape[0])
+    return None
+
+
+def shard_bounds(n_examples: int, n_shards: int) -> list[tuple[int, int]]:
+    n_shards = max(1, min(n_shards, n_examples))
+    base, extra = divmod(n_examples, n_shards)
+    bounds, start = [], 0
+    for i in range(n_shards):
+        stop = start + base + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def shard_batch(program: Program, batch: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """The shard's slice of every batched input (a view; unbatched inputs pass whole)."""
+    inputs = program.graph.inputs
+    return {k: v[start:stop] if inputs[k].shape and inputs[k].shape[0] is None else v for k, v in batch.items()}
+
+
+def shard_weight(program: Program, n_examples: int, start: int, stop: int) -> float:
+    return 1.0 if program.graph.batch_reduction == "sum" else (stop - start) / n_examples
+
+
+def tree_sum(parts: Sequence):
+    """Pairwise sum in a fixed order: ((p0 + p1) + (p2 + p3)) + ... by index."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError("nothing to sum")
+    while len(parts) > 1:
+        parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def combine(results: Sequence[Result]) -> Result:
+    """Sum weighted shard results (ordered by shard index); fetched outputs concatenate."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    loss = float(tree_sum([np.float64(r.loss) for r in results]))
+    grads = {k: tree_sum([r.grads[k] for r in results]) for k in first.grads}
+    input_grads = {k: np.concatenate([r.input_grads[k] for r in results]) for k in first.input_grads}
+    outputs = {k: _concat_or_first([r.outputs[k] for r in results]) for k in first.outputs}
+    return Result(loss, grads, input_grads, outputs)
+
+
+def _concat_or_first(values: list[np.ndarray]) -> np.ndarray:
+    # batched outputs concatenate along the batch; per-shard scalars stack by shard
+    return np.concatenate(values) if values[0].ndim else np.stack(values)
+
+
+def run_sharded(program: Program, params: dict[str, np.ndarray], batch: dict[str, np.ndarray],
+                n_shards: int = 1, **run_kwargs) -> Result:
+    """Run every shard in this process and combine: the in-process twin of the Ray backend."""
+    n = batch_size(program, batch)
+    if n is None or n_shards <= 1:
+        return program.run(params, batch, **run_kwargs)
+    program.bind(params, batch)  # reject a bad request once, before any shard runs
+    results = [
+        program.run(params, shard_batch(program, batch, a, b), loss_scale=shard_weight(program, n, a, b), **run_kwargs)
+        for a, b in shard_bounds(n, n_shards)
+    ]
+    return combine(results)

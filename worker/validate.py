@@ -1,0 +1,169 @@
+"""Validation and shape inference: everything that can be wrong with a graph, found before
+anything runs or is allocated. Errors name the node, op, inputs and shapes at fault."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gradwire.worker.graph import BATCH_REDUCTIONS, GraphDef, Node
+from gradwire.worker.ops import OPS, Attr, ShapeError
+from gradwire.worker.spec import FLOAT_DTYPES, TensorSpec, num_elements
+
+
+class GraphError(ValueError):
+    """A graph or request that cannot run. ``node``/``op`` name the culprit where there is one."""
+
+    def __init__(self, message: str, node: str | None = None, op: str | None = None):
+        where = f"node {node!r}" + (f" (op {op!r})" if op else "") + ": " if node else ""
+        super().__init__(where + message)
+        self.node, self.op = node, op
+
+
+class LimitError(GraphError):
+    """A request within the rules but over a configured size limit."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_nodes: int = 100_000
+    max_tensor_elements: int = 2**31  # per input, parameter or intermediate
+
+
+def normalize_attrs(node: Node) -> dict[str, Any]:
+    """The node's attributes checked against its op's schema, with defaults filled in."""
+    schema = OPS[node.op].attrs
+    unknown = sorted(set(node.attrs) - set(schema))
+    if unknown:
+        raise GraphError(f"unknown attribute(s) {unknown}; {node.op} takes {sorted(schema) or 'none'}",
+                         node.name, node.op)
+    out = {}
+    for name, attr in schema.items():
+        if name not in node.attrs or node.attrs[name] is None:
+            if attr.required:
+                raise GraphError(f"missing required attribute {name!r} ({attr.kind})", node.name, node.op)
+            out[name] = attr.default
+            continue
+        try:
+            out[name] = _coerce(attr, node.attrs[name])
+        except (TypeError, ValueError):
+            raise GraphError(f"attribute {name!r} must be {attr.kind}, got {node.attrs[name]!r}",
+                             node.name, node.op) from None
+    return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _coerce(attr: Attr, value: Any) -> Any:
+    kind = attr.kind
+    if kind == "int" and _is_int(value):
+        return value
+    if kind == "float" and (_is_int(value) or isinstance(value, float)):
+        return float(value)
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind in ("ints", "axes") and isinstance(value, (list, tuple)) and all(map(_is_int, value)):
+        return tuple(value)
+    if kind == "axes" and _is_int(value):
+        return value
+    raise TypeError
+
+
+def topological_order(graph: GraphDef) -> list[Node]:
+    """Nodes ordered so every input comes first (iterative: 10k-deep chains are fine).
+    Raises on duplicate names, dangling references and cycles."""
+    sources = graph.sources()
+    by_name: dict[str, Node] = {}
+    for node in graph.nodes:
+        if node.name in by_name or node.name in sources:
+            raise GraphError("duplicate value name", node.name, node.op)
+        by_name[node.name] = node
+    for node in graph.nodes:
+        for ref in node.inputs:
+            if ref not in by_name and ref not in sources:
+                raise GraphError(f"input {ref!r} is not defined (dangling reference)", node.name, node.op)
+    done: set[str] = set(sources)
+    order: list[Node] = []
+    on_path: set[str] = set()
+    for root in graph.nodes:
+        if root.name in done:
+            continue
+        stack = [(root, 0)]
+        on_path.add(root.name)
+        while stack:
+            node, i = stack.pop()
+            if i < len(node.inputs):
+                stack.append((node, i + 1))
+                ref = node.inputs[i]
+                if ref in done:
+                    continue
+                if ref in on_path:
+                    cycle = [n.name for n, _ in stack] + [ref]
+                    cycle = cycle[cycle.index(ref):]
+                    raise GraphError("cycle: " + " -> ".join(cycle), ref, by_name[ref].op)
+                on_path.add(ref)
+                stack.append((by_name[ref], 0))
+            else:
+                on_path.discard(node.name)
+                done.add(node.name)
+                order.append(node)
+    return order
+
+
+def infer(graph: GraphDef, order: list[Node], source_specs: dict[str, TensorSpec],
+          limits: Limits | None = None) -> tuple[dict[str, TensorSpec], list[dict[str, Any]]]:
+    """Specs of every value and each node's normalized attrs, from the specs of the sources.
+    With concrete batch shapes this also enforces ``limits`` before any allocation."""
+    limits = limits or Limits()
+    if len(order) > limits.max_nodes:
+        raise LimitError(f"graph has {len(order)} nodes; the limit is {limits.max_nodes}")
+    specs = dict(source_specs)
+    for name, spec in specs.items():
+        _check_size(name, spec, limits, kind="tensor")
+    attrs_list = []
+    for node in order:
+        op = OPS.get(node.op)
+        if op is None:
+            raise GraphError(f"unknown op {node.op!r}", node.name, node.op)
+        if (op.arity is None and not node.inputs) or (op.arity is not None and len(node.inputs) != op.arity):
+            want = "at least 1" if op.arity is None else str(op.arity)
+            raise GraphError(f"wrong arity: takes {want} input(s), got {len(node.inputs)}", node.name, node.op)
+        attrs = normalize_attrs(node)
+        in_specs = [specs[ref] for ref in node.inputs]
+        try:
+            spec = op.infer(*in_specs, **attrs)
+        except ShapeError as exc:
+            args = ", ".join(f"{ref}: {s}" for ref, s in zip(node.inputs, in_specs))
+            raise GraphError(f"{exc} [inputs {args}]", node.name, node.op) from None
+        _check_size(node.name, spec, limits, kind=f"output of {node.op!r}")
+        specs[node.name] = spec
+        attrs_list.append(attrs)
+    return specs, attrs_list
+
+
+def _check_size(name: str, spec: TensorSpec, limits: Limits, kind: str) -> None:
+    if any(d is not None and d < 0 for d in spec.shape):
+        raise GraphError(f"{kind} {name!r} has a negative dimension: {spec}")
+    n = num_elements(spec.shape)  # Python ints: exact, no 64-bit overflow
+    if n > limits.max_tensor_elements:
+        raise LimitError(f"{kind} {name!r} {spec} would hold {n} elements; "
+                         f"the limit is {limits.max_tensor_elements}")
+
+
+def check_outputs(graph: GraphDef, specs: dict[str, TensorSpec]) -> None:
+    if not graph.nodes and graph.loss is None:
+        raise GraphError("empty graph: no nodes and no loss")
+    if graph.loss is None:
+        raise GraphError("the graph has no loss (call set_loss)")
+    if graph.loss not in specs:
+        raise GraphError(f"loss {graph.loss!r} is not a value of the graph")
+    loss = specs[graph.loss]
+    if loss.shape != () or loss.dtype not in FLOAT_DTYPES:
+        raise GraphError(f"the loss must be a float scalar, got {loss}", graph.loss)
+    for out in graph.outputs:
+        if out not in specs:
+            raise GraphError(f"fetched output {out!r} is not a value of the graph")
+    if graph.batch_reduction not in BATCH_REDUCTIONS:
+        raise GraphError(f"batch_reduction must be one of {BATCH_REDUCTIONS}, got {graph.batch_reduction!r}")
