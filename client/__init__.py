@@ -1,7 +1,11 @@
 """The SDK: graph building, the local engine and (``connect``) the remote client."""
 
 from gradwire.client.graph import OP_FUNCTIONS, Graph, Value, call
+from gradwire.client.errors import (
+    Cancelled, DeadlineExceeded, GradwireError, Internal, InvalidGraph, NotFound, ResourceExhausted, Unavailable,
+)
 from gradwire.client.local import LocalEngine, local
+from gradwire.client.remote import Client, RemoteResult, Session, connect
 from gradwire.worker.engine import ExecutionError, Result
 from gradwire.worker.validate import GraphError, LimitError
 
@@ -9,6 +13,9 @@ globals().update(OP_FUNCTIONS)
 
 __all__ = [
     "Graph", "Value", "call", "local", "LocalEngine", "Result",
+    "connect", "Client", "Session", "RemoteResult",
+    "GradwireError", "InvalidGraph", "ResourceExhausted", "NotFound", "Unavailable", "DeadlineExceeded",
+    "Cancelled", "Internal",
     "GraphError", "LimitError", "ExecutionError",
     *OP_FUNCTIONS,
 ]

@@ -1,0 +1,208 @@
+"""The remote client: ``gw.connect(address)`` behaves like ``gw.local()`` over gRPC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradwire.client.errors import NotFound
+from gradwire.client.graph import Graph
+from gradwire.client.transport import DEFAULT_MAX_MESSAGE_BYTES, Transport
+from gradwire.protos import gradwire_pb2 as pb
+from gradwire.worker.codec import DEFAULT_CHUNK_BYTES, Assembler, graph_id_of_proto, graph_to_proto, stream_messages
+from gradwire.worker.engine import Result
+from gradwire.worker.graph import GraphDef
+
+
+@dataclass
+class RemoteResult(Result):
+    """A server's answer: the engine's ``Result`` plus where and how long it ran."""
+
+    info: dict[str, Any] = field(default_factory=dict)
+    graph_id: str = ""
+
+
+def _info(msg: pb.RunInfo) -> dict[str, Any]:
+    return {
+        "backend": msg.backend,
+        "shard_count": msg.shard_count,
+        "server_pid": msg.server_pid,
+        "phase_ms": dict(msg.phase_ms),
+        "shards": [{"index": s.index, "start": s.start, "stop": s.stop, "worker": s.worker, "node": s.node,
+                    "pid": s.pid, "ms": s.ms, "attempts": s.attempts} for s in msg.shards],
+    }
+
+
+def _arrays(values: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in values.items()}
+
+
+class _GraphCache:
+    """Each graph's wire form and id, computed once per graph revision."""
+
+    def __init__(self) -> None:
+        self._by_obj: dict[int, tuple[GraphDef, int, pb.Graph, str]] = {}
+
+    def get(self, graph: Graph | GraphDef) -> tuple[pb.Graph, str]:
+        graph_def = graph.graph_def if isinstance(graph, Graph) else graph
+        revision = hash((len(graph_def.nodes), graph_def.loss, graph_def.outputs, graph_def.batch_reduction))
+        hit = self._by_obj.get(id(graph_def))
+        if hit is None or hit[0] is not graph_def or hit[1] != revision:
+            proto = graph_to_proto(graph_def)
+            hit = (graph_def, revision, proto, graph_id_of_proto(proto))
+            self._by_obj[id(graph_def)] = hit
+        return hit[2], hit[3]
+
+
+class Client:
+    def __init__(self, address: str, timeout: float | None = 30.0, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, shards: int = 0, max_attempts: int = 5):
+        self.transport = Transport(address, timeout, max_message_bytes, max_attempts)
+        self.chunk_bytes, self.shards = chunk_bytes, shards
+        self._graphs = _GraphCache()
+        self._registered: set[str] = set()
+
+    # ------------------------------------------------------------------ graphs
+
+    def register(self, graph: Graph | GraphDef) -> str:
+        proto, graph_id = self._graphs.get(graph)
+        response = self.transport.call("RegisterGraph", lambda: pb.RegisterGraphRequest(graph=proto))
+        self._registered.add(response.graph_id)
+        return response.graph_id
+
+    def _graph_ref(self, graph: Graph | GraphDef | str) -> dict[str, Any]:
+        """Send a graph whole the first time, by id afterwards."""
+        if isinstance(graph, str):
+            return {"graph_id": graph}
+        proto, graph_id = self._graphs.get(graph)
+        return {"graph_id": graph_id} if graph_id in self._registered else {"graph": proto}
+
+    def _with_graph(self, graph, send):
+        """``send(ref)``, re-sending the whole graph once if the server has forgotten it."""
+        ref = self._graph_ref(graph)
+        try:
+            out = send(ref)
+        except NotFound:
+            if "graph_id" not in ref or isinstance(graph, str):
+                raise
+            self._registered.discard(ref["graph_id"])
+            out = send(self._graph_ref(graph))
+        if not isinstance(graph, str):
+            self._registered.add(self._graphs.get(graph)[1])
+        return out
+
+    # ------------------------------------------------------------------ gradients
+
+    def run(self, graph: Graph | GraphDef | str, params: dict[str, Any] | None, batch: dict[str, Any], *,
+            wrt=None, input_grads=(), fetch=(), shards: int | None = None, session_id: str = "",
+            timeout: float | None = None) -> RemoteResult:
+        params = _arrays(params or {})
+        batch = _arrays(batch)
+
+        def send(ref):
+            header = pb.ComputeHeader(**({} if session_id else ref), session_id=session_id, wrt=wrt or (),
+                                      input_grads=input_grads, fetch=fetch,
+                                      shards=self.shards if shards is None else shards)
+            return self.transport.call(
+                "ValueAndGrad",
+                lambda: stream_messages(pb.ComputeRequest, {"header": header},
+                                        {"params": params, "batch": batch}, self.chunk_bytes),
+                stream_in=True, stream_out=True, timeout=timeout)
+
+        messages = send({}) if session_id else self._with_graph(graph, send)
+        assembler = Assembler()
+        summary = None
+        for message in messages:
+            if message.HasField("summary"):
+                summary = message.summary
+            for name in ("grads", "input_grads", "outputs"):
+                for chunk in getattr(message, name):
+                    assembler.add(name, chunk)
+        return RemoteResult(summary.loss, assembler.result("grads"), assembler.result("input_grads"),
+                            assembler.result("outputs"), info=_info(summary.info), graph_id=summary.graph_id)
+
+    def value_and_grad(self, graph: Graph | GraphDef | str, params: dict[str, Any], batch: dict[str, Any],
+                       return_info: bool = False):
+        """``(loss, grads)`` exactly as ``gw.local()``; with ``return_info`` also the run's
+        placement and timing (shards, workers, nodes, per-phase milliseconds)."""
+        result = self.run(graph, params, batch)
+        return (result.loss, result.grads, result.info) if return_info else (result.loss, result.grads)
+
+    # ------------------------------------------------------------------ sessions
+
+    def session(self, graph: Graph | GraphDef | str, params: dict[str, Any]) -> "Session":
+        params = _arrays(params)
+
+        def send(ref):
+            return self.transport.call(
+                "CreateSession",
+                lambda: stream_messages(pb.SessionRequest, {"header": pb.SessionHeader(**ref)},
+                                        {"params": params}, self.chunk_bytes),
+                stream_in=True)
+
+        info = self._with_graph(graph, send)
+        return Session(self, info.session_id, info.graph_id, info.version)
+
+    def ops(self) -> list[dict[str, Any]]:
+        response = self.transport.call("ListOps", pb.ListOpsRequest)
+        return [{"name": op.name, "arity": None if op.arity < 0 else op.arity, "doc": op.doc,
+                 "differentiable": list(op.differentiable),
+                 "attrs": {a.name: {"kind": a.kind, "required": a.required, "default": a.default} for a in op.attrs}}
+                for op in response.ops]
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.transport.bytes_sent
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Session:
+    """A graph whose parameters live on the server: each step ships only the batch."""
+
+    def __init__(self, client: Client, session_id: str, graph_id: str, version: int):
+        self.client, self.session_id, self.graph_id, self.version = client, session_id, graph_id, version
+
+    def run(self, batch: dict[str, Any], **kwargs) -> RemoteResult:
+        return self.client.run(self.graph_id, None, batch, session_id=self.session_id, **kwargs)
+
+    def value_and_grad(self, batch: dict[str, Any], return_info: bool = False):
+        result = self.run(batch)
+        return (result.loss, result.grads, result.info) if return_info else (result.loss, result.grads)
+
+    def update(self, params: dict[str, Any]) -> int:
+        """Replace some or all parameters; returns the session's new version."""
+        arrays = _arrays(params)
+        header = pb.SessionHeader(session_id=self.session_id)
+        info = self.client.transport.call(
+            "UpdateSession",
+            lambda: stream_messages(pb.SessionRequest, {"header": header}, {"params": arrays},
+                                    self.client.chunk_bytes),
+            stream_in=True)
+        self.version = info.version
+        return self.version
+
+    def params(self) -> dict[str, np.ndarray]:
+        messages = self.client.transport.call("GetSessionParams", lambda: pb.SessionRef(session_id=self.session_id),
+                                              stream_out=True)
+        assembler = Assembler()
+        for message in messages:
+            for chunk in message.params:
+                assembler.add("params", chunk)
+        return assembler.result("params")
+
+    def close(self) -> None:
+        self.client.transport.call("CloseSession", lambda: pb.SessionRef(session_id=self.session_id))
+
+
+def connect(address: str = "127.0.0.1:50051", timeout: float | None = 30.0, **kwargs) -> Client:
+    return Client(address, timeout, **kwargs)

@@ -1,0 +1,76 @@
+"""The SDK's transport: the only place that calls gRPC stubs and catches ``grpc.RpcError``.
+
+UNAVAILABLE is retried with exponential backoff while the deadline allows; nothing else
+is retried (an INVALID_ARGUMENT request would fail the same way again).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+
+import grpc
+
+from gradwire.client.errors import DeadlineExceeded, GradwireError, from_status
+from gradwire.protos import gradwire_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+class Transport:
+    def __init__(self, address: str, timeout: float | None = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_attempts: int = 5, backoff: float = 0.1):
+        self.address, self.timeout = address, timeout
+        self.max_attempts, self.backoff = max_attempts, backoff
+        self.channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ])
+        self.stub = pb_grpc.GradwireStub(self.channel)
+        self.bytes_sent = 0  # serialized request bytes, all calls (attempts included)
+        self.bytes_received = 0
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _count_out(self, messages: Iterable) -> Iterator:
+        for message in messages:
+            self.bytes_sent += message.ByteSize()
+            yield message
+
+    def call(self, method: str, request: Callable[[], object], *, stream_in: bool = False,
+             stream_out: bool = False, timeout: float | None = None):
+        """Call ``method``. ``request()`` builds the request (or its message iterator) anew
+        for every attempt. A streamed response is read whole before returning."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        metadata = (("gradwire-request-id", uuid.uuid4().hex[:12]),)
+        rpc = getattr(self.stub, method)
+        for attempt in range(1, self.max_attempts + 1):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"{method}: deadline of {timeout}s passed before the call completed")
+            try:
+                payload = request()
+                if stream_in:
+                    payload = self._count_out(payload)
+                else:
+                    self.bytes_sent += payload.ByteSize()
+                response = rpc(payload, timeout=remaining, metadata=metadata)
+                if not stream_out:
+                    self.bytes_received += response.ByteSize()
+                    return response
+                messages = list(response)
+                self.bytes_received += sum(m.ByteSize() for m in messages)
+                return messages
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if code != grpc.StatusCode.UNAVAILABLE or attempt == self.max_attempts:
+                    raise from_status(code, f"{method}: {details}") from None
+                pause = min(self.backoff * 2 ** (attempt - 1), 2.0) * (0.5 + random.random() / 2)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise from_status(code, f"{method}: {details} (no time left to retry)") from None
+                time.sleep(pause)
+        raise GradwireError(f"{method}: unreachable")  # pragma: no cover

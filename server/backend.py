@@ -1,0 +1,94 @@
+"""Backends run a validated request's shards. The servicer sees only this interface, so
+the in-process and Ray backends are interchangeable (``--backend local|ray``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from gradwire.server.status import DeadlineExceeded
+from gradwire.worker.engine import Result
+from gradwire.worker.shards import batch_size, combine, shard_batch, shard_bounds, shard_weight
+from gradwire.server.store import Registered
+
+
+@dataclass
+class Job:
+    graph: Registered
+    params: dict[str, np.ndarray]
+    params_key: str  # identifies this exact parameter set (session id + version, or request id)
+    batch: dict[str, np.ndarray]
+    wrt: tuple[str, ...] | None
+    fetch: tuple[str, ...]
+    shards: int
+    check_finite: bool = False
+
+    def plan(self) -> list[tuple[int, int, float]]:
+        """(start, stop, weight) per shard; one whole-batch shard when nothing is batched."""
+        program = self.graph.program
+        n = batch_size(program, self.batch)
+        if n is None:
+            return [(0, 0, 1.0)]
+        return [(a, b, shard_weight(program, n, a, b)) for a, b in shard_bounds(n, self.shards)]
+
+    def shard(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        if start == stop == 0:
+            return self.batch
+        return shard_batch(self.graph.program, self.batch, start, stop)
+
+
+@dataclass
+class ShardRecord:
+    index: int
+    start: int
+    stop: int
+    worker: str
+    node: str
+    pid: int
+    ms: float
+    attempts: int = 1
+
+
+@dataclass
+class Outcome:
+    result: Result
+    shards: list[ShardRecord]
+    phase_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+
+    def compute(self, job: Job, is_active: Callable[[], bool], deadline: float | None) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """Shards run one after another in the server process, on the same plan as Ray's."""
+
+    name = "local"
+
+    def compute(self, job: Job, is_active: Callable[[], bool], deadline: float | None) -> Outcome:
+        program = job.graph.program
+        results, records = [], []
+        t0 = time.perf_counter()
+        for index, (start, stop, weight) in enumerate(job.plan()):
+            if not is_active() or (deadline is not None and time.monotonic() > deadline):
+                raise DeadlineExceeded("the call ended (deadline or cancellation) before all shards ran")
+            t = time.perf_counter()
+            results.append(program.run(job.params, job.shard(start, stop), wrt=job.wrt, fetch=job.fetch,
+                                       loss_scale=weight, check_finite=job.check_finite))
+            records.append(ShardRecord(index, start, stop, "local", "local", os.getpid(),
+                                       (time.perf_counter() - t) * 1e3))
+        t1 = time.perf_counter()
+        result = combine(results)
+        return Outcome(result, records, {"schedule": 0.0, "compute": (t1 - t0) * 1e3,
+                                         "reduce": (time.perf_counter() - t1) * 1e3})
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,34 @@
+"""``gradwire serve``: run the coordinator. Flags override GRADWIRE_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import fields
+
+from gradwire.server.config import ServerConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradwire serve", description=__doc__)
+    for f in fields(ServerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        env = "GRADWIRE_" + f.name.upper()
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(env {env}; default {f.default})")
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None,
+                                help=f"(env {env}; default {f.default})")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = ServerConfig.from_env(**args)
+    from gradwire.server.app import serve_forever
+
+    serve_forever(config)
+    return 0

@@ -1,0 +1,61 @@
+"""Server settings: defaults, ``GRADWIRE_*`` environment variables, then command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+
+from gradwire.worker.validate import Limits
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 50051
+    backend: str = "local"  # local | ray
+    workers: int = 2  # Ray actors (and CPUs of a Ray cluster started here)
+    ray_address: str = ""  # "" starts a local Ray on loopback; "auto" or host:port joins one
+    shards: int = 8  # micro-shards per request unless the request says otherwise
+    max_message_bytes: int = 64 << 20  # per gRPC message, both directions
+    chunk_bytes: int = 4 << 20  # tensor bytes per streamed message
+    max_request_bytes: int = 8 << 30  # tensor bytes per request
+    max_nodes: int = 100_000
+    max_tensor_elements: int = 2**31  # per input, parameter or intermediate
+    max_concurrent: int = 8  # gradient requests in flight; more get RESOURCE_EXHAUSTED
+    max_graphs: int = 256  # registered graphs kept (least recently used evicted)
+    max_sessions: int = 256
+    check_finite: bool = False  # reject NaN/Inf produced by any node
+    grace_seconds: float = 30.0  # on SIGTERM, how long in-flight calls may finish
+    max_retries: int = 3  # per shard, when a worker dies (Ray backend)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_nodes=self.max_nodes, max_tensor_elements=self.max_tensor_elements)
+
+    @classmethod
+    def from_env(cls, environ=os.environ, **overrides) -> "ServerConfig":
+        """Defaults, overridden by GRADWIRE_<FIELD> variables, overridden by ``overrides``."""
+        values = {}
+        for f in fields(cls):
+            raw = environ.get("GRADWIRE_" + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.type, raw, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes) -> "ServerConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(kind: str, raw: str, name: str):
+    try:
+        if kind == "bool":
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"GRADWIRE_{name.upper()}={raw!r} is not a valid {kind}") from None

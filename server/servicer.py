@@ -1,0 +1,232 @@
+"""The gRPC servicer: decode -> validate -> schedule on the backend -> encode.
+
+Every handler runs inside ``_call``, the one place where exceptions become gRPC statuses
+(through ``status.STATUS_TABLE``) and where the per-request log line is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+
+from gradwire.protos import gradwire_pb2 as pb
+from gradwire.protos import gradwire_pb2_grpc as pb_grpc
+from gradwire.server.backend import Backend, Job
+from gradwire.server.config import ServerConfig
+from gradwire.server.status import Overloaded, status_for
+from gradwire.server.store import GraphStore, Registered, SessionStore
+from gradwire.worker.codec import Assembler, stream_messages
+from gradwire.worker.ops import OPS
+from gradwire.worker.shards import batch_size
+from gradwire.worker.validate import GraphError
+
+log = logging.getLogger("gradwire.server")
+
+
+class _Call:
+    """Per-request bookkeeping for the log line."""
+
+    def __init__(self, method: str, context: grpc.ServicerContext):
+        metadata = dict(context.invocation_metadata() or ())
+        self.request_id = metadata.get("gradwire-request-id") or uuid.uuid4().hex[:12]
+        self.method, self.graph_id, self.batch = method, "-", "-"
+        self.started = time.perf_counter()
+
+    def log(self, status: str) -> None:
+        ms = (time.perf_counter() - self.started) * 1e3
+        log.info("request=%s method=%s graph=%s batch=%s status=%s ms=%.1f",
+                 self.request_id, self.method, self.graph_id, self.batch, status, ms)
+
+
+class GradwireServicer(pb_grpc.GradwireServicer):
+    def __init__(self, config: ServerConfig, backend: Backend):
+        self.config, self.backend = config, backend
+        self.graphs = GraphStore(config.limits, config.max_graphs)
+        self.sessions = SessionStore(config.max_sessions)
+        self._slots = threading.BoundedSemaphore(config.max_concurrent)
+
+    # ------------------------------------------------------------------ error mapping
+
+    def _fail(self, call: _Call, context: grpc.ServicerContext, exc: BaseException):
+        code = status_for(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            log.exception("request=%s internal error", call.request_id)
+            message = f"internal error ({type(exc).__name__}); request id {call.request_id}"
+        else:
+            message = str(exc)
+        call.log(code.name)
+        context.abort(code, message)
+
+    def _unary(self, method: str, context, fn):
+        call = _Call(method, context)
+        try:
+            response = fn(call)
+        except Exception as exc:  # noqa: BLE001 - mapped through the status table
+            self._fail(call, context, exc)
+        call.log("OK")
+        return response
+
+    def _streaming(self, method: str, context, fn) -> Iterator:
+        call = _Call(method, context)
+        try:
+            yield from fn(call)
+        except Exception as exc:  # noqa: BLE001 - mapped through the status table
+            self._fail(call, context, exc)
+        call.log("OK" if context.is_active() else "CANCELLED")
+
+    # ------------------------------------------------------------------ graphs
+
+    def RegisterGraph(self, request, context):
+        def run(call):
+            reg = self.graphs.register(request.graph)
+            call.graph_id = reg.graph_id
+            return pb.RegisterGraphResponse(graph_id=reg.graph_id, num_nodes=len(reg.program.order))
+        return self._unary("RegisterGraph", context, run)
+
+    def _resolve(self, header) -> Registered:
+        ref = header.WhichOneof("graph_ref")
+        if ref == "graph":
+            return self.graphs.register(header.graph)
+        if ref == "graph_id":
+            return self.graphs.get(header.graph_id)
+        raise GraphError("the request names no graph (graph or graph_id)")
+
+    def _read_stream(self, requests, tensor_fields: tuple[str, ...]):
+        """The first message's header and the stream's assembled tensors."""
+        first = next(requests, None)
+        if first is None or not first.HasField("header"):
+            raise GraphError("the first message of the stream must carry the header")
+        assembler = Assembler(self.config.max_tensor_elements, self.config.max_request_bytes)
+        message = first
+        while message is not None:
+            if message is not first and message.HasField("header"):
+                raise GraphError("only the first message of the stream may carry a header")
+            for field in tensor_fields:
+                for chunk in getattr(message, field):
+                    assembler.add(field, chunk)
+            message = next(requests, None)
+        return first.header, assembler
+
+    # ------------------------------------------------------------------ gradients
+
+    def ValueAndGrad(self, request_iterator, context):
+        return self._streaming("ValueAndGrad", context, lambda call: self._value_and_grad(call, request_iterator, context))
+
+    def _value_and_grad(self, call: _Call, requests, context):
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded(f"server is at its limit of {self.config.max_concurrent} concurrent requests")
+        try:
+            phases: dict[str, float] = {}
+            t = time.perf_counter()
+            header, assembler = self._read_stream(requests, ("params", "batch"))
+            session = self.sessions.get(header.session_id) if header.session_id else None
+            if session is not None:
+                reg, params, params_key = session.graph, session.params, f"{session.session_id}@{session.version}"
+                if assembler.result("params"):
+                    raise GraphError("a session request carries no parameters; update the session instead")
+            else:
+                reg, params, params_key = self._resolve(header), assembler.result("params"), call.request_id
+            batch = assembler.result("batch")
+            call.graph_id = reg.graph_id
+            program = reg.program
+            phases["decode"] = _ms_since(t)
+
+            t = time.perf_counter()
+            program.bind(params, batch)  # every check, no allocation
+            n = batch_size(program, batch)
+            call.batch = str(n)
+            wrt = tuple(header.wrt) or tuple(program.graph.params)
+            job = Job(reg, params, params_key, batch, wrt + tuple(header.input_grads), tuple(header.fetch),
+                      header.shards or self.config.shards, self.config.check_finite)
+            if header.wrt or header.input_grads:
+                program.backward_plan(job.wrt)  # rejects unknown names before scheduling
+            phases["validate"] = _ms_since(t)
+
+            deadline = _deadline(context)
+            outcome = self.backend.compute(job, context.is_active, deadline)
+            phases.update(outcome.phase_ms)
+
+            t = time.perf_counter()
+            result = outcome.result
+            groups = {"grads": result.grads, "input_grads": result.input_grads, "outputs": result.outputs}
+            messages = list(stream_messages(pb.ComputeResponse, {}, groups, self.config.chunk_bytes)) or [pb.ComputeResponse()]
+            phases["encode"] = _ms_since(t)
+            info = pb.RunInfo(
+                backend=self.backend.name, shard_count=len(outcome.shards), phase_ms=phases,
+                shards=[pb.ShardInfo(index=s.index, start=s.start, stop=s.stop, worker=s.worker, node=s.node,
+                                     pid=s.pid, ms=s.ms, attempts=s.attempts) for s in outcome.shards],
+                server_pid=os.getpid(),
+            )
+            # the summary travels last, so it can report the whole encode phase
+            messages[-1].summary.CopyFrom(pb.ComputeSummary(
+                loss=result.loss, graph_id=reg.graph_id, request_id=call.request_id, info=info,
+                session_version=session.version if session else 0))
+        finally:
+            self._slots.release()
+        yield from messages
+
+    # ------------------------------------------------------------------ sessions
+
+    def CreateSession(self, request_iterator, context):
+        def run(call):
+            header, assembler = self._read_stream(request_iterator, ("params",))
+            reg = self._resolve(header)
+            call.graph_id = reg.graph_id
+            session = self.sessions.create(reg, assembler.result("params"))
+            return pb.SessionInfo(session_id=session.session_id, graph_id=reg.graph_id, version=session.version)
+        return self._unary("CreateSession", context, run)
+
+    def UpdateSession(self, request_iterator, context):
+        def run(call):
+            header, assembler = self._read_stream(request_iterator, ("params",))
+            session = self.sessions.update(header.session_id, assembler.result("params"))
+            call.graph_id = session.graph.graph_id
+            return pb.SessionInfo(session_id=session.session_id, graph_id=session.graph.graph_id,
+                                  version=session.version)
+        return self._unary("UpdateSession", context, run)
+
+    def GetSessionParams(self, request, context):
+        def run(call):
+            session = self.sessions.get(request.session_id)
+            call.graph_id = session.graph.graph_id
+            info = pb.SessionInfo(session_id=session.session_id, graph_id=session.graph.graph_id,
+                                  version=session.version)
+            yield from stream_messages(pb.ParamsChunk, {"info": info}, {"params": session.params},
+                                       self.config.chunk_bytes)
+        return self._streaming("GetSessionParams", context, run)
+
+    def CloseSession(self, request, context):
+        def run(call):
+            self.sessions.close(request.session_id)
+            return pb.CloseSessionResponse()
+        return self._unary("CloseSession", context, run)
+
+    # ------------------------------------------------------------------ introspection
+
+    def ListOps(self, request, context):
+        return self._unary("ListOps", context, lambda call: list_ops())
+
+
+def list_ops() -> pb.ListOpsResponse:
+    return pb.ListOpsResponse(ops=[
+        pb.OpInfo(name=op.name, arity=-1 if op.arity is None else op.arity, doc=op.doc,
+                  differentiable=op.differentiable(op.arity or 1),
+                  attrs=[pb.AttrInfo(name=k, kind=a.kind, required=a.required,
+                                     default="" if a.required else repr(a.default)) for k, a in op.attrs.items()])
+        for op in OPS.values()
+    ])
+
+
+def _ms_since(t: float) -> float:
+    return (time.perf_counter() - t) * 1e3
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining

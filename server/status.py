@@ -1,0 +1,41 @@
+"""The one table from domain errors to gRPC status codes. Anything not in it is INTERNAL,
+reported with the request id (never UNKNOWN, never a traceback on the wire)."""
+
+from __future__ import annotations
+
+import grpc
+
+from gradwire.worker.validate import GraphError, LimitError
+
+
+class NotFound(LookupError):
+    """An unknown graph or session id."""
+
+
+class Overloaded(RuntimeError):
+    """Too many requests in flight."""
+
+
+class WorkersUnavailable(RuntimeError):
+    """The backend could not finish the work (workers kept dying, cluster gone)."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The client's deadline passed or the call was cancelled while shards were running."""
+
+
+STATUS_TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),  # before its base class GraphError
+    (GraphError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (WorkersUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+]
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for kind, code in STATUS_TABLE:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL

@@ -1,0 +1,253 @@
+"""Wire codec: graphs and tensors to and from ``gradwire.v1`` protobufs, and tensor streams.
+
+Tensor bytes are raw little-endian, decoded with ``np.frombuffer``; nothing the client
+sends is ever unpickled. Every length, dtype and dimension is checked against the
+declared spec and the configured limits *before* memory is allocated for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradwire.protos import gradwire_pb2 as pb
+from gradwire.worker.graph import GraphDef, Node
+from gradwire.worker.spec import DTYPES, TensorSpec, num_elements
+from gradwire.worker.validate import GraphError, LimitError
+
+_TO_ENUM = {
+    DTYPES["float32"]: pb.FLOAT32, DTYPES["float64"]: pb.FLOAT64,
+    DTYPES["int32"]: pb.INT32, DTYPES["int64"]: pb.INT64, DTYPES["bool"]: pb.BOOL,
+}
+_FROM_ENUM = {v: k for k, v in _TO_ENUM.items()}
+DEFAULT_CHUNK_BYTES = 4 << 20
+
+
+def dtype_to_proto(dtype: np.dtype) -> int:
+    return _TO_ENUM[np.dtype(dtype)]
+
+
+def dtype_from_proto(value: int, what: str) -> np.dtype:
+    if value not in _FROM_ENUM:
+        raise GraphError(f"{what}: unknown or unspecified dtype enum {value}")
+    return _FROM_ENUM[value]
+
+
+def _little(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+
+
+# ---------------------------------------------------------------- graph
+
+
+def spec_to_proto(spec: TensorSpec) -> pb.TensorSpec:
+    return pb.TensorSpec(dtype=dtype_to_proto(spec.dtype), shape=[-1 if d is None else d for d in spec.shape])
+
+
+def spec_from_proto(msg: pb.TensorSpec, what: str) -> TensorSpec:
+    if any(d < -1 for d in msg.shape):
+        raise GraphError(f"{what}: negative dimension in shape {list(msg.shape)}")
+    return TensorSpec(tuple(None if d == -1 else int(d) for d in msg.shape), dtype_from_proto(msg.dtype, what))
+
+
+def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
+    array = np.asarray(array)
+    return pb.Tensor(dtype=dtype_to_proto(array.dtype), shape=array.shape, data=_little(array).tobytes())
+
+
+def tensor_from_proto(msg: pb.Tensor, what: str, max_elements: int) -> np.ndarray:
+    dtype = dtype_from_proto(msg.dtype, what)
+    shape = _checked_shape(msg.shape, what, max_elements)
+    return _from_bytes(msg.data, dtype, shape, what)
+
+
+def _checked_shape(dims, what: str, max_elements: int) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in dims)
+    if any(d < 0 for d in shape):
+        raise GraphError(f"{what}: negative dimension in shape {shape}")
+    n = num_elements(shape)  # exact: (2**32, 2**32) is 2**64, not an overflowed 0
+    if n > max_elements:
+        raise LimitError(f"{what}: shape {shape} holds {n} elements; the limit is {max_elements}")
+    return shape
+
+
+def _from_bytes(data: bytes, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
+    expected = num_elements(shape) * dtype.itemsize
+    if len(data) != expected:
+        raise GraphError(f"{what}: {dtype.name}{list(shape)} needs {expected} bytes, got {len(data)}")
+    array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
+    _check_bool(array, what)
+    return array if dtype.isnative else array.astype(dtype)
+
+
+def _check_bool(array: np.ndarray, what: str) -> None:
+    if array.dtype == np.bool_ and array.size and array.view(np.uint8).max() > 1:
+        raise GraphError(f"{what}: bool tensor holds bytes other than 0 and 1")
+
+
+def _attr_to_proto(value) -> pb.AttrValue:
+    if isinstance(value, bool):
+        return pb.AttrValue(b=value)
+    if isinstance(value, int):
+        return pb.AttrValue(i=value)
+    if isinstance(value, float):
+        return pb.AttrValue(f=value)
+    if isinstance(value, str):
+        return pb.AttrValue(s=value)
+    return pb.AttrValue(ints=pb.Ints(values=[int(v) for v in value]))
+
+
+def _attr_from_proto(msg: pb.AttrValue):
+    kind = msg.WhichOneof("value")
+    if kind == "ints":
+        return list(msg.ints.values)
+    return None if kind is None else getattr(msg, kind)
+
+
+def graph_to_proto(graph: GraphDef) -> pb.Graph:
+    return pb.Graph(
+        inputs=[pb.NamedSpec(name=n, spec=spec_to_proto(s)) for n, s in graph.inputs.items()],
+        params=[pb.NamedSpec(name=n, spec=spec_to_proto(s)) for n, s in graph.params.items()],
+        constants=[pb.NamedTensor(name=n, tensor=tensor_to_proto(v)) for n, v in graph.constants.items()],
+        nodes=[pb.Node(name=n.name, op=n.op, inputs=n.inputs,
+                       attrs={k: _attr_to_proto(v) for k, v in n.attrs.items()}) for n in graph.nodes],
+        loss=graph.loss or "",
+        outputs=graph.outputs,
+        batch_reduction=graph.batch_reduction,
+    )
+
+
+def graph_from_proto(msg: pb.Graph, max_elements: int = 2**31) -> GraphDef:
+    """The IR of a wire graph (structure only; the validator checks the rest)."""
+    def specs(entries, kind):
+        out = {}
+        for e in entries:
+            if e.name in out:
+                raise GraphError(f"duplicate {kind} name {e.name!r}")
+            out[e.name] = spec_from_proto(e.spec, f"{kind} {e.name!r}")
+        return out
+
+    return GraphDef(
+        inputs=specs(msg.inputs, "batch input"),
+        params=specs(msg.params, "parameter"),
+        constants={c.name: tensor_from_proto(c.tensor, f"constant {c.name!r}", max_elements) for c in msg.constants},
+        nodes=[Node(n.name, n.op, tuple(n.inputs), {k: _attr_from_proto(v) for k, v in n.attrs.items()})
+               for n in msg.nodes],
+        loss=msg.loss or None,
+        outputs=tuple(msg.outputs),
+        batch_reduction=msg.batch_reduction or "mean",
+    )
+
+
+def graph_from_bytes(data: bytes) -> GraphDef:
+    return graph_from_proto(pb.Graph.FromString(data))
+
+
+def graph_id_of_proto(msg: pb.Graph) -> str:
+    """Content hash: the same graph always serializes (deterministically) to the same id."""
+    return "g-" + hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()[:32]
+
+
+def graph_id(graph: GraphDef) -> str:
+    return graph_id_of_proto(graph_to_proto(graph))
+
+
+# ---------------------------------------------------------------- tensor streams
+
+
+def tensor_chunks(name: str, array: np.ndarray, chunk_bytes: int) -> Iterator[pb.TensorChunk]:
+    """The pieces of one tensor, each at most ``chunk_bytes`` of data."""
+    array = _little(np.asarray(array))
+    raw = memoryview(array).cast("B") if array.size else memoryview(b"")
+    total = len(raw)
+    yield pb.TensorChunk(name=name, dtype=dtype_to_proto(array.dtype), shape=array.shape,
+                         offset=0, data=bytes(raw[:chunk_bytes]))
+    for offset in range(chunk_bytes, total, chunk_bytes):
+        yield pb.TensorChunk(name=name, offset=offset, data=bytes(raw[offset:offset + chunk_bytes]))
+
+
+def stream_messages(make: Callable[..., object], first: dict, groups: dict[str, dict[str, np.ndarray]],
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator:
+    """Messages ``make(**fields)`` carrying ``first`` plus every tensor of ``groups``
+    (field name -> {tensor name -> array}), packing pieces up to ``chunk_bytes`` per message."""
+    pending: dict[str, list] = {}
+    size = 0
+    header = dict(first)
+    for field, tensors in groups.items():
+        for name, array in tensors.items():
+            for chunk in tensor_chunks(name, array, chunk_bytes):
+                if size and size + len(chunk.data) > chunk_bytes:
+                    yield make(**header, **pending)
+                    header, pending, size = {}, {}, 0
+                pending.setdefault(field, []).append(chunk)
+                size += len(chunk.data)
+    if pending or header:
+        yield make(**header, **pending)
+
+
+@dataclass
+class _Partial:
+    array: np.ndarray
+    filled: int
+    whole: bool = False  # arrived in one piece: a zero-copy view of the message bytes
+
+
+class Assembler:
+    """Collects the TensorChunks of a stream into arrays, enforcing the limits as it goes."""
+
+    def __init__(self, max_elements: int = 2**31, max_bytes: int = 1 << 62):
+        self.max_elements, self.max_bytes = max_elements, max_bytes
+        self.total_bytes = 0
+        self._parts: dict[str, dict[str, _Partial]] = {}
+
+    def add(self, field: str, chunk: pb.TensorChunk) -> None:
+        parts = self._parts.setdefault(field, {})
+        what = f"{field} tensor {chunk.name!r}"
+        self.total_bytes += len(chunk.data)
+        if self.total_bytes > self.max_bytes:
+            raise LimitError(f"request carries more than {self.max_bytes} bytes of tensors (at {what})")
+        if chunk.offset == 0:
+            if chunk.name in parts:
+                raise GraphError(f"{what} sent twice")
+            dtype = dtype_from_proto(chunk.dtype, what)
+            shape = _checked_shape(chunk.shape, what, self.max_elements)
+            nbytes = num_elements(shape) * dtype.itemsize
+            if len(chunk.data) > nbytes:
+                raise GraphError(f"{what}: {dtype.name}{list(shape)} needs {nbytes} bytes, got at least {len(chunk.data)}")
+            if nbytes > self.max_bytes:
+                raise LimitError(f"{what}: {dtype.name}{list(shape)} needs {nbytes} bytes; the limit is {self.max_bytes}")
+            if len(chunk.data) == nbytes:
+                parts[chunk.name] = _Partial(_from_bytes(chunk.data, dtype, shape, what), nbytes, whole=True)
+                return
+            array = np.empty(shape, dtype)
+            parts[chunk.name] = _Partial(array, 0)
+            self._fill(parts[chunk.name], chunk, what)
+            return
+        part = parts.get(chunk.name)
+        if part is None:
+            raise GraphError(f"{what}: piece at offset {chunk.offset} before its first piece")
+        self._fill(part, chunk, what)
+
+    @staticmethod
+    def _fill(part: _Partial, chunk: pb.TensorChunk, what: str) -> None:
+        flat = part.array.reshape(-1).view(np.uint8)
+        if chunk.offset != part.filled or part.filled + len(chunk.data) > flat.size:
+            raise GraphError(f"{what}: piece at offset {chunk.offset} with {len(chunk.data)} bytes does not "
+                             f"continue the {part.filled} of {flat.size} bytes received")
+        flat[part.filled:part.filled + len(chunk.data)] = np.frombuffer(chunk.data, np.uint8)
+        part.filled += len(chunk.data)
+
+    def result(self, field: str) -> dict[str, np.ndarray]:
+        out = {}
+        for name, part in self._parts.get(field, {}).items():
+            expected = part.array.nbytes
+            if part.filled != expected:
+                raise GraphError(f"{field} tensor {name!r}: {part.array.dtype.name}{list(part.array.shape)} "
+                                 f"needs {expected} bytes, got {part.filled}")
+            if not part.whole:
+                _check_bool(part.array, f"{field} tensor {name!r}")
+            out[name] = part.array
+        return out
