@@ -15,6 +15,8 @@ class ServerConfig:
     port: int = 50051
     backend: str = "local"  # local | ray
     workers: int = 2  # Ray actors (and CPUs of a Ray cluster started here)
+    worker_cpus: float = 1.0  # CPUs each Ray actor reserves
+    blas_threads: int = 1  # BLAS threads per Ray actor
     ray_address: str = ""  # "" starts a local Ray on loopback; "auto" or host:port joins one
     shards: int = 8  # micro-shards per request unless the request says otherwise
     max_message_bytes: int = 64 << 20  # per gRPC message, both directions

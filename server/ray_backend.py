@@ -1,0 +1,156 @@
+"""The Ray backend: a request's micro-shards run on a pool of Ray actors.
+
+Scheduling is dynamic (a worker gets its next shard when it returns one, so faster workers
+take more) and results are combined in shard order, so the answer is bitwise the same for
+any worker count or retry. A shard whose worker dies re-runs elsewhere (bounded); a shard
+that fails deterministically fails the request at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from typing import Callable
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
+
+import ray  # noqa: E402
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError  # noqa: E402
+
+from gradwire.server.backend import Job, Outcome, ShardRecord  # noqa: E402
+from gradwire.server.config import ServerConfig  # noqa: E402
+from gradwire.server.status import DeadlineExceeded, WorkersUnavailable  # noqa: E402
+from gradwire.worker.ray_worker import ShardWorker  # noqa: E402
+from gradwire.worker.shards import combine  # noqa: E402
+from gradwire.worker.validate import GraphError  # noqa: E402
+
+log = logging.getLogger("gradwire.server")
+_LOST = (RayActorError, WorkerCrashedError, ray.exceptions.ObjectLostError)
+
+
+def init_ray(config: ServerConfig) -> bool:
+    """Join the configured cluster, or start one on loopback. True if we started it."""
+    if ray.is_initialized():
+        return False
+    if config.ray_address:
+        ray.init(address=config.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+        return False
+    ray.init(num_cpus=config.workers * config.worker_cpus, include_dashboard=False,
+             _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+    return True
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self._owns_ray = init_ray(config)
+        self._actor_cls = ray.remote(ShardWorker)
+        self.workers = [self._spawn(i) for i in range(config.workers)]
+        ray.get([w.identity.remote() for w in self.workers])  # fail fast if they cannot start
+        self._graph_refs: OrderedDict[str, ray.ObjectRef] = OrderedDict()
+        self._param_refs: OrderedDict[str, ray.ObjectRef] = OrderedDict()
+        self.replaced = 0
+
+    def _spawn(self, index: int):
+        return self._actor_cls.options(
+            num_cpus=self.config.worker_cpus, max_restarts=0, scheduling_strategy="SPREAD",
+        ).remote(f"worker-{index}", self.config.blas_threads)
+
+    def worker_identities(self) -> list[dict]:
+        return ray.get([w.identity.remote() for w in self.workers])
+
+    def _replace(self, index: int) -> None:
+        try:
+            ray.kill(self.workers[index], no_restart=True)
+        except Exception:  # noqa: BLE001 - it is gone already
+            pass
+        self.workers[index] = self._spawn(index)
+        self.replaced += 1
+        log.warning("worker-%d lost; replaced", index)
+
+    @staticmethod
+    def _cached_put(cache: OrderedDict, key: str, make, capacity: int):
+        ref = cache.get(key)
+        if ref is None:
+            ref = cache[key] = ray.put(make())
+            while len(cache) > capacity:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return ref
+
+    def compute(self, job: Job, is_active: Callable[[], bool], deadline: float | None) -> Outcome:
+        t0 = time.perf_counter()
+        plan = job.plan()
+        graph_ref = self._cached_put(self._graph_refs, job.graph.graph_id, lambda: job.graph.proto_bytes, 64)
+        params_ref = self._cached_put(self._param_refs, job.params_key, lambda: job.params, 4)
+        shard_refs = [ray.put(job.shard(a, b)) for a, b, _ in plan]  # each shard crosses once, even on retry
+        t1 = time.perf_counter()
+
+        pending = deque(range(len(plan)))
+        idle = deque(range(len(self.workers)))
+        inflight: dict[ray.ObjectRef, tuple[int, int]] = {}
+        attempts = [0] * len(plan)
+        results: list = [None] * len(plan)
+        records: list = [None] * len(plan)
+
+        def abandon(exc: BaseException):
+            for ref in inflight:
+                ray.cancel(ref)
+            raise exc
+
+        while pending or inflight:
+            while pending and idle:
+                shard, worker = pending.popleft(), idle.popleft()
+                attempts[shard] += 1
+                _, _, weight = plan[shard]
+                ref = self.workers[worker].run_shard.remote(
+                    job.graph.graph_id, [graph_ref], job.params_key, [params_ref], shard_refs[shard], weight,
+                    job.wrt, job.fetch, job.check_finite, job.graph.program.limits)
+                inflight[ref] = (shard, worker)
+            wait = 0.05
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait)
+            if not is_active() or (deadline is not None and time.monotonic() >= deadline):
+                abandon(DeadlineExceeded("the call ended (deadline or cancellation); outstanding shards cancelled"))
+            for ref in ready:
+                shard, worker = inflight.pop(ref)
+                try:
+                    result, info = ray.get(ref, timeout=60)
+                except _LOST + (GetTimeoutError,):
+                    self._replace(worker)
+                    idle.append(worker)
+                    if attempts[shard] > self.config.max_retries:
+                        abandon(WorkersUnavailable(
+                            f"shard {shard} failed on {attempts[shard]} workers in a row; giving up"))
+                    pending.appendleft(shard)
+                    continue
+                except RayTaskError as exc:
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+                    if isinstance(cause, GraphError):  # deterministic: a retry would fail the same way
+                        abandon(cause)
+                    raise
+                start, stop, _ = plan[shard]
+                results[shard] = result
+                records[shard] = ShardRecord(shard, start, stop, info["worker"], info["node"], info["pid"],
+                                             info["ms"], attempts[shard])
+                idle.append(worker)
+        t2 = time.perf_counter()
+        result = combine(results)
+        return Outcome(result, records, {"schedule": (t1 - t0) * 1e3, "compute": (t2 - t1) * 1e3,
+                                         "reduce": (time.perf_counter() - t2) * 1e3})
+
+    def close(self) -> None:
+        for worker in self.workers:
+            try:
+                ray.kill(worker, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.workers = []
+        if self._owns_ray:
+            ray.shutdown()

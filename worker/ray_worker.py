@@ -1,0 +1,76 @@
+"""The thin shell a Ray actor wraps around the engine (the class is made remote by the
+server's Ray backend, so this module imports without Ray and tests run it directly).
+
+A worker caches programs by graph id and parameter sets by key, so a graph or a
+parameter version crosses to a worker once, not once per shard or per step.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from gradwire.worker.codec import graph_from_bytes
+from gradwire.worker.engine import Program, Result
+
+
+class ShardWorker:
+    def __init__(self, name: str, blas_threads: int = 1, cache_size: int = 16):
+        self.name = name
+        self.blas_threads = blas_threads
+        # Pin BLAS to this worker's share of cores so N workers don't oversubscribe N cores.
+        from threadpoolctl import threadpool_limits
+
+        self._blas_limit = threadpool_limits(limits=blas_threads)
+        self._programs: OrderedDict[str, Program] = OrderedDict()
+        self._params: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def identity(self) -> dict:
+        node = ""
+        try:
+            import ray
+
+            node = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - outside Ray there is no node id
+            node = socket.gethostname()
+        return {"worker": self.name, "pid": os.getpid(), "node": node}
+
+    def _cached(self, cache: OrderedDict, key: str, load):
+        value = cache.get(key)
+        if value is None:
+            value = cache[key] = load()
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return value
+
+    def run_shard(self, graph_id: str, graph_ref: list, params_key: str, params_ref: list,
+                  batch: dict[str, np.ndarray], weight: float, wrt, fetch, check_finite: bool,
+                  limits) -> tuple[Result, dict]:
+        """One shard's weighted loss and gradients. ``graph_ref``/``params_ref`` hold an
+        object ref (or value) in a list so Ray resolves them only on a cache miss."""
+        start = time.perf_counter()
+        program = self._cached(self._programs, graph_id,
+                               lambda: Program(graph_from_bytes(_resolve(graph_ref[0])), limits))
+        params = self._cached(self._params, params_key, lambda: _resolve(params_ref[0]))
+        result = program.run(params, batch, wrt=wrt, fetch=fetch, loss_scale=weight, check_finite=check_finite)
+        info = self.identity()
+        info["ms"] = (time.perf_counter() - start) * 1e3
+        return result, info
+
+
+def _resolve(value):
+    try:
+        import ray
+
+        if isinstance(value, ray.ObjectRef):
+            return ray.get(value)
+    except ImportError:  # pragma: no cover
+        pass
+    return value
