@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from gradwire.client.graph import Graph
 from gradwire.worker.engine import Program, Result
@@ -17,23 +19,28 @@ class LocalEngine:
     """``value_and_grad`` in-process. ``shards`` > 1 runs the cluster's micro-shard plan, so
     the answer matches a server using the same shard count bit for bit."""
 
-    def __init__(self, shards: int = 1, check_finite: bool = False, cache_size: int = 32):
+    def __init__(self, shards: int = 1, check_finite: bool = False, cache_size: int = 32,
+                 blas_threads: int | None = None):
         self.shards = shards
+        # BLAS results depend on its thread count: pin it (as Ray workers do) to match them bitwise
+        self.blas_threads = blas_threads
         self.check_finite = check_finite
-        self._programs: OrderedDict[int, tuple[GraphDef, Program]] = OrderedDict()
+        self._programs: OrderedDict[int, tuple[GraphDef, Program, tuple]] = OrderedDict()
         self._cache_size = cache_size
 
     def program(self, graph: Graph | GraphDef) -> Program:
         graph_def = graph.graph_def if isinstance(graph, Graph) else graph
         # keyed by identity: a Graph being built further is re-analysed when its nodes change
         key = id(graph_def)
+        # (Program.graph *is* graph_def, so compare against a snapshot taken at analysis time:
+        # set_loss/fetch on the same Graph must not reuse a stale order or backward plan.)
+        state = (len(graph_def.nodes), graph_def.loss, tuple(graph_def.outputs), graph_def.batch_reduction)
         hit = self._programs.get(key)
-        if hit is not None and hit[0] is graph_def and len(hit[1].order) == len(graph_def.nodes) \
-                and hit[1].graph.loss == graph_def.loss:
+        if hit is not None and hit[0] is graph_def and hit[2] == state:
             self._programs.move_to_end(key)
             return hit[1]
         program = Program(graph_def)
-        self._programs[key] = (graph_def, program)
+        self._programs[key] = (graph_def, program, state)
         if len(self._programs) > self._cache_size:
             self._programs.popitem(last=False)
         return program
@@ -41,8 +48,9 @@ class LocalEngine:
     def run(self, graph: Graph | GraphDef, params: dict[str, Any], batch: dict[str, Any], *,
             wrt=None, fetch=()) -> Result:
         program = self.program(graph)
-        return run_sharded(program, _arrays(params), _arrays(batch), self.shards,
-                           wrt=wrt, fetch=tuple(fetch), check_finite=self.check_finite)
+        with threadpool_limits(self.blas_threads) if self.blas_threads else nullcontext():
+            return run_sharded(program, _arrays(params), _arrays(batch), self.shards,
+                               wrt=wrt, fetch=tuple(fetch), check_finite=self.check_finite)
 
     def value_and_grad(self, graph: Graph | GraphDef, params: dict[str, Any], batch: dict[str, Any]):
         """``(loss, grads)``: the loss as a float and one gradient per parameter, shaped and
@@ -64,5 +72,5 @@ def _arrays(values: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in values.items()}
 
 
-def local(shards: int = 1, check_finite: bool = False) -> LocalEngine:
-    return LocalEngine(shards=shards, check_finite=check_finite)
+def local(shards: int = 1, check_finite: bool = False, blas_threads: int | None = None) -> LocalEngine:
+    return LocalEngine(shards=shards, check_finite=check_finite, blas_threads=blas_threads)
