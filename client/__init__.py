@@ -5,7 +5,9 @@ from gradwire.client.errors import (
     Cancelled, DeadlineExceeded, GradwireError, Internal, InvalidGraph, NotFound, ResourceExhausted, Unavailable,
 )
 from gradwire.client.local import LocalEngine, local
+from gradwire.client.jobs import JobEvent, TrainingJob
 from gradwire.client.remote import Client, RemoteResult, Session, connect
+from gradwire.worker import optim
 from gradwire.worker.engine import ExecutionError, Result
 from gradwire.worker.validate import GraphError, LimitError
 
@@ -13,7 +15,7 @@ globals().update(OP_FUNCTIONS)
 
 __all__ = [
     "Graph", "Value", "call", "local", "LocalEngine", "Result",
-    "connect", "Client", "Session", "RemoteResult",
+    "connect", "Client", "Session", "RemoteResult", "TrainingJob", "JobEvent", "optim",
     "GradwireError", "InvalidGraph", "ResourceExhausted", "NotFound", "Unavailable", "DeadlineExceeded",
     "Cancelled", "Internal",
     "GraphError", "LimitError", "ExecutionError",

@@ -152,6 +152,25 @@ class Client:
                  "attrs": {a.name: {"kind": a.kind, "required": a.required, "default": a.default} for a in op.attrs}}
                 for op in response.ops]
 
+    # ------------------------------------------------------------------ training jobs
+
+    def submit_job(self, graph: Graph | GraphDef | str, params: dict[str, Any], data: dict[str, Any] | str,
+                   optimizer, batch_size: int, epochs: int = 1, seed: int = 0, checkpoint_every: int = 0,
+                   shards: int = 0, name: str = ""):
+        """Start a training job on the server (data uploaded, or a dataset path the server
+        can read); returns a ``TrainingJob`` to watch, cancel and collect."""
+        from gradwire.client.jobs import submit_job
+        return submit_job(self, graph, params, data, optimizer, batch_size, epochs, seed, checkpoint_every,
+                          shards, name)
+
+    def job(self, job_id: str):
+        from gradwire.client.jobs import TrainingJob
+        return TrainingJob(self, job_id)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        from gradwire.client.jobs import list_jobs
+        return list_jobs(self)
+
     @property
     def bytes_sent(self) -> int:
         return self.transport.bytes_sent

@@ -74,3 +74,12 @@ class Transport:
                     raise from_status(code, f"{method}: {details} (no time left to retry)") from None
                 time.sleep(pause)
         raise GradwireError(f"{method}: unreachable")  # pragma: no cover
+
+    def stream(self, method: str, request) -> Iterator:
+        """A server-streaming call's messages as they arrive (no retry: callers resume)."""
+        try:
+            for message in getattr(self.stub, method)(request, timeout=None):
+                self.bytes_received += message.ByteSize()
+                yield message
+        except grpc.RpcError as exc:
+            raise from_status(exc.code(), f"{method}: {exc.details() or ''}") from None

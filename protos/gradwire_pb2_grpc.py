@@ -69,6 +69,31 @@ class GradwireStub:
                 request_serializer=gradwire_dot_protos_dot_gradwire__pb2.ListOpsRequest.SerializeToString,
                 response_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ListOpsResponse.FromString,
                 _registered_method=True)
+        self.SubmitJob = channel.stream_unary(
+                '/gradwire.v1.Gradwire/SubmitJob',
+                request_serializer=gradwire_dot_protos_dot_gradwire__pb2.JobRequest.SerializeToString,
+                response_deserializer=gradwire_dot_protos_dot_gradwire__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/gradwire.v1.Gradwire/WatchJob',
+                request_serializer=gradwire_dot_protos_dot_gradwire__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=gradwire_dot_protos_dot_gradwire__pb2.JobEvent.FromString,
+                _registered_method=True)
+        self.GetJobResult = channel.unary_stream(
+                '/gradwire.v1.Gradwire/GetJobResult',
+                request_serializer=gradwire_dot_protos_dot_gradwire__pb2.JobRef.SerializeToString,
+                response_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ParamsChunk.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/gradwire.v1.Gradwire/CancelJob',
+                request_serializer=gradwire_dot_protos_dot_gradwire__pb2.JobRef.SerializeToString,
+                response_deserializer=gradwire_dot_protos_dot_gradwire__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/gradwire.v1.Gradwire/ListJobs',
+                request_serializer=gradwire_dot_protos_dot_gradwire__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
 
 
 class GradwireServicer:
@@ -116,6 +141,36 @@ class GradwireServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitJob(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobResult(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradwireServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +208,31 @@ def add_GradwireServicer_to_server(servicer, server):
                     servicer.ListOps,
                     request_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ListOpsRequest.FromString,
                     response_serializer=gradwire_dot_protos_dot_gradwire__pb2.ListOpsResponse.SerializeToString,
+            ),
+            'SubmitJob': grpc.stream_unary_rpc_method_handler(
+                    servicer.SubmitJob,
+                    request_deserializer=gradwire_dot_protos_dot_gradwire__pb2.JobRequest.FromString,
+                    response_serializer=gradwire_dot_protos_dot_gradwire__pb2.JobInfo.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=gradwire_dot_protos_dot_gradwire__pb2.WatchJobRequest.FromString,
+                    response_serializer=gradwire_dot_protos_dot_gradwire__pb2.JobEvent.SerializeToString,
+            ),
+            'GetJobResult': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetJobResult,
+                    request_deserializer=gradwire_dot_protos_dot_gradwire__pb2.JobRef.FromString,
+                    response_serializer=gradwire_dot_protos_dot_gradwire__pb2.ParamsChunk.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=gradwire_dot_protos_dot_gradwire__pb2.JobRef.FromString,
+                    response_serializer=gradwire_dot_protos_dot_gradwire__pb2.JobInfo.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ListJobsRequest.FromString,
+                    response_serializer=gradwire_dot_protos_dot_gradwire__pb2.ListJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +424,141 @@ class Gradwire:
             '/gradwire.v1.Gradwire/ListOps',
             gradwire_dot_protos_dot_gradwire__pb2.ListOpsRequest.SerializeToString,
             gradwire_dot_protos_dot_gradwire__pb2.ListOpsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/gradwire.v1.Gradwire/SubmitJob',
+            gradwire_dot_protos_dot_gradwire__pb2.JobRequest.SerializeToString,
+            gradwire_dot_protos_dot_gradwire__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gradwire.v1.Gradwire/WatchJob',
+            gradwire_dot_protos_dot_gradwire__pb2.WatchJobRequest.SerializeToString,
+            gradwire_dot_protos_dot_gradwire__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gradwire.v1.Gradwire/GetJobResult',
+            gradwire_dot_protos_dot_gradwire__pb2.JobRef.SerializeToString,
+            gradwire_dot_protos_dot_gradwire__pb2.ParamsChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Gradwire/CancelJob',
+            gradwire_dot_protos_dot_gradwire__pb2.JobRef.SerializeToString,
+            gradwire_dot_protos_dot_gradwire__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Gradwire/ListJobs',
+            gradwire_dot_protos_dot_gradwire__pb2.ListJobsRequest.SerializeToString,
+            gradwire_dot_protos_dot_gradwire__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

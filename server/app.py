@@ -58,6 +58,7 @@ class GradwireServer:
         self._stopped = threading.Event()
 
     def start(self) -> "GradwireServer":
+        self.servicer.jobs.resume_all()
         self.grpc_server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -71,6 +72,7 @@ class GradwireServer:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
+        self.servicer.jobs.stop()  # jobs pause at a step boundary (checkpoints resume them); watchers end
         self.grpc_server.stop(self.config.grace_seconds if grace is None else grace).wait()
         self.backend.close()
         self._pool.shutdown(wait=False)

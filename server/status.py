@@ -20,6 +20,10 @@ class WorkersUnavailable(RuntimeError):
     """The backend could not finish the work (workers kept dying, cluster gone)."""
 
 
+class JobNotDone(RuntimeError):
+    """A training job's result was asked for before it finished (or after it failed)."""
+
+
 class DeadlineExceeded(TimeoutError):
     """The client's deadline passed or the call was cancelled while shards were running."""
 
@@ -31,6 +35,7 @@ STATUS_TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (WorkersUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (JobNotDone, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 

@@ -1,0 +1,362 @@
+"""Training jobs: steps run data-parallel on the backend, the optimizer is applied here.
+
+A job is a thread that owns its parameters and optimizer state; it keeps running when its
+client disconnects. Everything needed to resume it lives in its directory under
+``job_dir``: the graph, the dataset (uploaded ones are stored), the initial parameters,
+an append-only event log and atomic checkpoints (params, optimizer state, step and the
+position in the seeded data order). After a restart, unfinished jobs resume from their
+last checkpoint and end bitwise identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gradwire.protos import gradwire_pb2 as pb
+from gradwire.server.backend import Backend, Job
+from gradwire.server.status import NotFound
+from gradwire.server.store import GraphStore, Registered, check_params
+from gradwire.worker.optim import from_config
+from gradwire.worker.validate import GraphError
+
+log = logging.getLogger("gradwire.server")
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+@dataclass
+class JobSpec:
+    """What a submission fixed; stored as job.json."""
+
+    job_id: str
+    graph_id: str
+    optimizer: dict
+    batch_size: int
+    epochs: int
+    seed: int
+    checkpoint_every: int
+    shards: int
+    data_path: str
+    name: str = ""
+
+
+def load_dataset(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a dataset: a ``.npz`` file (read into memory) or a directory of
+    ``NAME.npy`` files (memory-mapped, so datasets larger than memory work)."""
+    try:
+        if os.path.isdir(path):
+            files = sorted(Path(path).glob("*.npy"))
+            if not files:
+                raise ValueError("the directory holds no .npy files")
+            return {f.stem: np.load(f, mmap_mode="r", allow_pickle=False) for f in files}
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as exc:
+        raise GraphError(f"cannot read dataset {path!r}: {exc}") from None
+
+
+def save_dataset(directory: Path, data: dict[str, np.ndarray]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, array in data.items():
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+            raise GraphError(f"dataset array name {name!r} must be letters, digits, '_', '.' or '-'")
+        np.save(directory / f"{name}.npy", array, allow_pickle=False)
+
+
+def check_dataset(reg: Registered, data: dict[str, np.ndarray], batch_size: int) -> int:
+    """The number of examples; ``GraphError`` naming whatever does not fit the graph."""
+    inputs = reg.program.graph.inputs
+    if set(data) != set(inputs):
+        raise GraphError(f"dataset arrays {sorted(data)} do not match the graph's inputs {sorted(inputs)}")
+    sizes = {}
+    for name, spec in inputs.items():
+        array = data[name]
+        if not spec.shape or spec.shape[0] is not None:
+            raise GraphError(f"input {name!r} {spec} has no batch (None) leading dimension to iterate over")
+        if array.dtype != spec.dtype or array.ndim != len(spec.shape) or any(
+            d is not None and d != e for d, e in zip(spec.shape[1:], array.shape[1:])
+        ):
+            raise GraphError(f"dataset array {name!r} is {array.dtype.name}{list(array.shape)}; "
+                             f"the graph's input is {spec}")
+        sizes[name] = array.shape[0]
+    if len(set(sizes.values())) != 1:
+        raise GraphError(f"dataset arrays differ in length: {sizes}")
+    n = next(iter(sizes.values()))
+    if batch_size < 1 or batch_size > n:
+        raise GraphError(f"batch_size {batch_size} must be between 1 and the dataset size {n}")
+    return n
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic: a reader sees the old checkpoint or the new one
+
+
+def _flatten_state(params: dict, opt_state: dict, meta: dict) -> dict[str, np.ndarray]:
+    out = {f"param/{k}": v for k, v in params.items()}
+    for key, value in opt_state.items():
+        if isinstance(value, dict):
+            out.update({f"state/{key}/{k}": v for k, v in value.items()})
+            meta.setdefault("state_dicts", []).append(key)
+        else:
+            meta.setdefault("state_scalars", {})[key] = value
+    out["meta"] = np.array(json.dumps(meta))
+    return out
+
+
+def _unflatten_state(archive) -> tuple[dict, dict, dict]:
+    meta = json.loads(str(archive["meta"]))
+    params = {k[6:]: archive[k] for k in archive.files if k.startswith("param/")}
+    state: dict = dict(meta.get("state_scalars", {}))
+    for key in meta.get("state_dicts", []):
+        prefix = f"state/{key}/"
+        state[key] = {k[len(prefix):]: archive[k] for k in archive.files if k.startswith(prefix)}
+    return params, state, meta
+
+
+@dataclass
+class JobRun:
+    spec: JobSpec
+    reg: Registered
+    data: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]
+    directory: Path
+    n_examples: int
+    opt_state: dict | None = None
+    step: int = 0
+    state: str = "queued"
+    error: str = ""
+    loss: float = float("nan")
+    events: list = field(default_factory=list)
+    cancel_requested: bool = False
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_examples / self.spec.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.spec.epochs
+
+    def info(self) -> pb.JobInfo:
+        return pb.JobInfo(job_id=self.spec.job_id, state=self.state, step=self.step, total_steps=self.total_steps,
+                          epoch=self.step // max(1, self.steps_per_epoch), loss=self.loss, error=self.error,
+                          graph_id=self.spec.graph_id, name=self.spec.name)
+
+    def emit(self, event: dict) -> None:
+        with open(self.directory / "events.jsonl", "a") as f:
+            f.write(json.dumps(event) + "\n")
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+
+class JobManager:
+    def __init__(self, job_dir: str, backend: Backend, graphs: GraphStore, default_shards: int,
+                 check_finite: bool = False):
+        self.root = Path(job_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.backend, self.graphs = backend, graphs
+        self.default_shards, self.check_finite = default_shards, check_finite
+        self.jobs: dict[str, JobRun] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ submission
+
+    def submit(self, header: pb.JobHeader, reg: Registered, params: dict[str, np.ndarray],
+               uploaded: dict[str, np.ndarray]) -> JobRun:
+        try:
+            optimizer = json.loads(header.optimizer_json or "{}")
+            from_config(optimizer)
+        except (ValueError, TypeError) as exc:
+            raise GraphError(f"optimizer: {exc}") from None
+        if header.epochs < 1:
+            raise GraphError(f"epochs must be >= 1, got {header.epochs}")
+        check_params(reg.program, params, partial=False)
+        if header.data_path and uploaded:
+            raise GraphError("give either data_path or uploaded data, not both")
+        data = load_dataset(header.data_path) if header.data_path else uploaded
+        n = check_dataset(reg, data, header.batch_size)
+
+        job_id = "j-" + uuid.uuid4().hex[:16]
+        directory = self.root / job_id
+        directory.mkdir()
+        data_path = header.data_path
+        if not data_path:
+            data_path = str(directory / "data")
+            save_dataset(Path(data_path), data)
+            data = load_dataset(data_path)  # memory-mapped from now on
+        (directory / "graph.pb").write_bytes(reg.proto_bytes)
+        _save_npz_atomic(directory / "params0.npz", params)
+        spec = JobSpec(job_id, reg.graph_id, optimizer, int(header.batch_size), int(header.epochs),
+                       int(header.seed), int(header.checkpoint_every), int(header.shards or self.default_shards),
+                       data_path, header.name)
+        (directory / "job.json").write_text(json.dumps(spec.__dict__))
+        run = JobRun(spec, reg, data, dict(params), directory, n)
+        self._start(run)
+        return run
+
+    def resume_all(self) -> None:
+        """Restart every job whose directory says it did not finish."""
+        for job_json in sorted(self.root.glob("j-*/job.json")):
+            directory = job_json.parent
+            if (directory / "final.npz").exists() or (directory / "state").exists() and \
+                    (directory / "state").read_text() in FINAL_STATES:
+                self._load_finished(directory)
+                continue
+            try:
+                self._resume(directory)
+            except Exception:  # noqa: BLE001 - one broken job must not stop the server
+                log.exception("cannot resume job in %s", directory)
+
+    def _load(self, directory: Path) -> JobRun:
+        spec = JobSpec(**json.loads((directory / "job.json").read_text()))
+        reg = self.graphs.register(pb.Graph.FromString((directory / "graph.pb").read_bytes()))
+        data = load_dataset(spec.data_path)
+        with np.load(directory / "params0.npz", allow_pickle=False) as archive:
+            params = {k: archive[k] for k in archive.files}
+        run = JobRun(spec, reg, data, params, directory, check_dataset(reg, data, spec.batch_size))
+        events_file = directory / "events.jsonl"
+        if events_file.exists():
+            run.events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+        return run
+
+    def _load_finished(self, directory: Path) -> None:
+        run = self._load(directory)
+        run.state = (directory / "state").read_text() if (directory / "state").exists() else "done"
+        if (directory / "final.npz").exists():
+            with np.load(directory / "final.npz", allow_pickle=False) as archive:
+                run.params, run.opt_state, meta = _unflatten_state(archive)
+                run.step = meta["step"]
+        run.loss = run.events[-1]["loss"] if run.events else float("nan")
+        with self._lock:
+            self.jobs[run.spec.job_id] = run
+
+    def _resume(self, directory: Path) -> None:
+        run = self._load(directory)
+        checkpoint = directory / "checkpoint.npz"
+        if checkpoint.exists():
+            with np.load(checkpoint, allow_pickle=False) as archive:
+                run.params, run.opt_state, meta = _unflatten_state(archive)
+            run.step = meta["step"]
+        # events after the checkpoint will be produced again
+        run.events = [e for e in run.events if e["step"] <= run.step and e["state"] == "running"]
+        (directory / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in run.events))
+        log.info("resuming job %s at step %d", run.spec.job_id, run.step)
+        self._start(run)
+
+    def _start(self, run: JobRun) -> None:
+        with self._lock:
+            self.jobs[run.spec.job_id] = run
+        thread = threading.Thread(target=self._run, args=(run,), name=f"job-{run.spec.job_id}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # ------------------------------------------------------------------ the training loop
+
+    def _run(self, run: JobRun) -> None:
+        spec = run.spec
+        optimizer = from_config(spec.optimizer)
+        if run.opt_state is None:
+            run.opt_state = optimizer.init(run.params)
+        self._set_state(run, "running")
+        started, started_step = time.perf_counter(), run.step
+        try:
+            while run.step < run.total_steps:
+                if run.cancel_requested:
+                    self._set_state(run, "cancelled")
+                    return
+                if self._stopping.is_set():
+                    return  # server shutdown: the last checkpoint resumes it
+                epoch, index = divmod(run.step, run.steps_per_epoch)
+                order = np.random.default_rng([spec.seed, epoch]).permutation(run.n_examples)
+                rows = np.sort(order[index * spec.batch_size:(index + 1) * spec.batch_size])
+                batch = {k: np.ascontiguousarray(v[rows]) for k, v in run.data.items()}
+                job = Job(run.reg, run.params, f"{spec.job_id}@{run.step}", batch, None, (), spec.shards,
+                          self.check_finite)
+                outcome = self.backend.compute(job, lambda: not run.cancel_requested, None)
+                run.params, run.opt_state = optimizer.update(run.params, outcome.result.grads, run.opt_state)
+                run.step += 1
+                run.loss = outcome.result.loss
+                elapsed = time.perf_counter() - started
+                rate = (run.step - started_step) * spec.batch_size / elapsed if elapsed > 0 else 0.0
+                eta = (run.total_steps - run.step) * spec.batch_size / rate if rate else 0.0
+                run.emit({"step": run.step, "epoch": epoch, "loss": run.loss, "examples_per_s": rate,
+                          "eta_s": eta, "state": "running", "total_steps": run.total_steps})
+                if spec.checkpoint_every and run.step % spec.checkpoint_every == 0:
+                    self._checkpoint(run, "checkpoint.npz")
+            self._checkpoint(run, "final.npz")
+            self._set_state(run, "done")
+        except Exception as exc:  # noqa: BLE001 - a failed job reports, the server goes on
+            if self._stopping.is_set():
+                return
+            log.exception("job %s failed", spec.job_id)
+            run.error = str(exc)
+            self._set_state(run, "failed")
+
+    def _checkpoint(self, run: JobRun, name: str) -> None:
+        _save_npz_atomic(run.directory / name, _flatten_state(run.params, run.opt_state, {"step": run.step}))
+
+    def _set_state(self, run: JobRun, state: str) -> None:
+        run.state = state
+        if state in FINAL_STATES:
+            (run.directory / "state").write_text(state)
+        run.emit({"step": run.step, "epoch": run.step // max(1, run.steps_per_epoch), "loss": run.loss,
+                  "examples_per_s": 0.0, "eta_s": 0.0, "state": state, "total_steps": run.total_steps,
+                  "message": run.error})
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, job_id: str) -> JobRun:
+        with self._lock:
+            run = self.jobs.get(job_id)
+        if run is None:
+            raise NotFound(f"unknown job id {job_id!r}")
+        return run
+
+    def cancel(self, job_id: str) -> JobRun:
+        run = self.get(job_id)
+        run.cancel_requested = True
+        return run
+
+    def list(self) -> list[JobRun]:
+        with self._lock:
+            return list(self.jobs.values())
+
+    def watch(self, job_id: str, after_step: int, is_active, poll: float = 0.5):
+        """Events of steps after ``after_step``, then live ones, until the job ends."""
+        run = self.get(job_id)
+        sent = 0
+        while is_active() and not self._stopping.is_set():
+            with run.changed:
+                if sent >= len(run.events):
+                    run.changed.wait(poll)
+                fresh = run.events[sent:]
+            sent += len(fresh)
+            for event in fresh:
+                if event["step"] > after_step or event["state"] != "running":
+                    yield event
+                if event["state"] in FINAL_STATES:
+                    return
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
