@@ -19,7 +19,8 @@ from gradwire.protos import gradwire_pb2 as pb
 from gradwire.protos import gradwire_pb2_grpc as pb_grpc
 from gradwire.server.backend import Backend, Job
 from gradwire.server.config import ServerConfig
-from gradwire.server.status import Overloaded, status_for
+from gradwire.server.jobs import JobManager
+from gradwire.server.status import DeadlineExceeded, JobNotDone, Overloaded, status_for
 from gradwire.server.store import GraphStore, Registered, SessionStore
 from gradwire.worker.codec import Assembler, stream_messages
 from gradwire.worker.ops import OPS
@@ -50,6 +51,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         self.graphs = GraphStore(config.limits, config.max_graphs)
         self.sessions = SessionStore(config.max_sessions)
         self._slots = threading.BoundedSemaphore(config.max_concurrent)
+        self.jobs = JobManager(config.job_dir, backend, self.graphs, config.shards, config.check_finite)
 
     # ------------------------------------------------------------------ error mapping
 
@@ -99,7 +101,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     def _read_stream(self, requests, tensor_fields: tuple[str, ...]):
         """The first message's header and the stream's assembled tensors."""
-        first = next(requests, None)
+        first = _next_request(requests)
         if first is None or not first.HasField("header"):
             raise GraphError("the first message of the stream must carry the header")
         assembler = Assembler(self.config.max_tensor_elements, self.config.max_request_bytes)
@@ -110,7 +112,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             for field in tensor_fields:
                 for chunk in getattr(message, field):
                     assembler.add(field, chunk)
-            message = next(requests, None)
+            message = _next_request(requests)
         return first.header, assembler
 
     # ------------------------------------------------------------------ gradients
@@ -141,6 +143,13 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             program.bind(params, batch)  # every check, no allocation
             n = batch_size(program, batch)
             call.batch = str(n)
+            if n == 0 and program.graph.batch_reduction == "mean":
+                empty = sorted(k for k, s in program.graph.inputs.items() if s.shape and s.shape[0] is None)
+                raise GraphError(f"empty batch: batch input(s) {empty} hold 0 examples; "
+                                 "a mean over 0 examples is undefined")
+            unknown = sorted(set(header.fetch) - set(program.specs))
+            if unknown:
+                raise GraphError(f"cannot fetch {unknown}: not values of the graph")
             wrt = tuple(header.wrt) or tuple(program.graph.params)
             job = Job(reg, params, params_key, batch, wrt + tuple(header.input_grads), tuple(header.fetch),
                       header.shards or self.config.shards, self.config.check_finite)
@@ -207,6 +216,39 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             return pb.CloseSessionResponse()
         return self._unary("CloseSession", context, run)
 
+    # ------------------------------------------------------------------ training jobs
+
+    def SubmitJob(self, request_iterator, context):
+        def run(call):
+            header, assembler = self._read_stream(request_iterator, ("params", "data"))
+            reg = self._resolve(header)
+            call.graph_id = reg.graph_id
+            job = self.jobs.submit(header, reg, assembler.result("params"), assembler.result("data"))
+            return job.info()
+        return self._unary("SubmitJob", context, run)
+
+    def WatchJob(self, request, context):
+        def run(call):
+            for event in self.jobs.watch(request.job_id, request.after_step, context.is_active):
+                yield pb.JobEvent(**event)
+        return self._streaming("WatchJob", context, run)
+
+    def GetJobResult(self, request, context):
+        def run(call):
+            job = self.jobs.get(request.job_id)
+            if job.state != "done":
+                raise JobNotDone(f"job {request.job_id!r} is {job.state}" + (f": {job.error}" if job.error else ""))
+            info = pb.SessionInfo(graph_id=job.spec.graph_id, version=job.step)
+            yield from stream_messages(pb.ParamsChunk, {"info": info}, {"params": job.params}, self.config.chunk_bytes)
+        return self._streaming("GetJobResult", context, run)
+
+    def CancelJob(self, request, context):
+        return self._unary("CancelJob", context, lambda call: self.jobs.cancel(request.job_id).info())
+
+    def ListJobs(self, request, context):
+        return self._unary("ListJobs", context,
+                           lambda call: pb.ListJobsResponse(jobs=[j.info() for j in self.jobs.list()]))
+
     # ------------------------------------------------------------------ introspection
 
     def ListOps(self, request, context):
@@ -221,6 +263,15 @@ def list_ops() -> pb.ListOpsResponse:
                                      default="" if a.required else repr(a.default)) for k, a in op.attrs.items()])
         for op in OPS.values()
     ])
+
+
+def _next_request(requests):
+    """The stream's next message (None at its end). gRPC raises a bare RpcError when the
+    call ends while the request is streaming in: the client's deadline or a cancellation."""
+    try:
+        return next(requests, None)
+    except grpc.RpcError:
+        raise DeadlineExceeded("the call ended (deadline or cancellation) while the request was streaming in") from None
 
 
 def _ms_since(t: float) -> float:
