@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gradwire.worker.graph import GraphDef, Node
+from gradwire.worker.graph import BATCH_REDUCTIONS, GraphDef, Node
 from gradwire.worker.ops import OPS, Op
 from gradwire.worker.spec import TensorSpec, as_dtype
 from gradwire.worker.validate import GraphError, infer
@@ -127,7 +127,11 @@ class Graph:
         mean over the batch (default) or a sum; it decides how batch shards combine."""
         self._own(value)
         if value.spec.shape != () or value.dtype.kind != "f":
-            raise GraphError(f"the loss must be a float scalar, got {value.spec}", value.name)
+            op = next((n.op for n in self.graph_def.nodes if n.name == value.name), None)
+            raise GraphError(f"the loss must be a float scalar, got {value.spec}", value.name, op)
+        if batch_reduction not in BATCH_REDUCTIONS:
+            raise GraphError(f"batch_reduction must be one of {BATCH_REDUCTIONS}, got {batch_reduction!r}",
+                             value.name)
         self.graph_def.loss = value.name
         self.graph_def.batch_reduction = batch_reduction
         return value

@@ -86,7 +86,7 @@ class LocalBackend:
             records.append(ShardRecord(index, start, stop, "local", "local", os.getpid(),
                                        (time.perf_counter() - t) * 1e3))
         t1 = time.perf_counter()
-        result = combine(results)
+        result = combine(results, program)
         return Outcome(result, records, {"schedule": 0.0, "compute": (t1 - t0) * 1e3,
                                          "reduce": (time.perf_counter() - t1) * 1e3})
 

@@ -56,21 +56,38 @@ def tree_sum(parts: Sequence):
     return parts[0]
 
 
-def combine(results: Sequence[Result]) -> Result:
-    """Sum weighted shard results (ordered by shard index); fetched outputs concatenate."""
+def combine(results: Sequence[Result], program: Program | None = None) -> Result:
+    """Sum weighted shard results (ordered by shard index); fetched outputs concatenate.
+
+    With ``program``, batch-independent values are told apart by their specs: gradients of
+    unbatched inputs are summed like parameters', and fetched values without an unknown
+    (batch) dimension stack by shard instead of being concatenated."""
     first = results[0]
     if len(results) == 1:
         return first
     loss = float(tree_sum([np.float64(r.loss) for r in results]))
     grads = {k: tree_sum([r.grads[k] for r in results]) for k in first.grads}
-    input_grads = {k: np.concatenate([r.input_grads[k] for r in results]) for k in first.input_grads}
-    outputs = {k: _concat_or_first([r.outputs[k] for r in results]) for k in first.outputs}
+    input_grads = {}
+    for k in first.input_grads:
+        parts = [r.input_grads[k] for r in results]
+        spec = None if program is None else program.graph.inputs.get(k)
+        batched = spec is None or (bool(spec.shape) and spec.shape[0] is None)
+        input_grads[k] = np.concatenate(parts) if batched else tree_sum(parts)
+    outputs = {}
+    for k in first.outputs:
+        spec = None if program is None else program.specs.get(k)
+        outputs[k] = _concat_or_stack([r.outputs[k] for r in results], None if spec is None else spec.shape)
     return Result(loss, grads, input_grads, outputs)
 
 
-def _concat_or_first(values: list[np.ndarray]) -> np.ndarray:
-    # batched outputs concatenate along the batch; per-shard scalars stack by shard
-    return np.concatenate(values) if values[0].ndim else np.stack(values)
+def _concat_or_stack(values: list[np.ndarray], shape: tuple | None) -> np.ndarray:
+    # batched outputs concatenate along the batch; per-shard scalars (and, when the spec is
+    # known, any value without a batch dimension) stack by shard
+    if shape is None:
+        return np.concatenate(values) if values[0].ndim else np.stack(values)
+    if None in shape:
+        return np.concatenate(values, axis=shape.index(None))
+    return np.stack(values)
 
 
 def run_sharded(program: Program, params: dict[str, np.ndarray], batch: dict[str, np.ndarray],
@@ -84,4 +101,4 @@ def run_sharded(program: Program, params: dict[str, np.ndarray], batch: dict[str
         program.run(params, shard_batch(program, batch, a, b), loss_scale=shard_weight(program, n, a, b), **run_kwargs)
         for a, b in shard_bounds(n, n_shards)
     ]
-    return combine(results)
+    return combine(results, program)

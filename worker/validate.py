@@ -161,7 +161,8 @@ def check_outputs(graph: GraphDef, specs: dict[str, TensorSpec]) -> None:
         raise GraphError(f"loss {graph.loss!r} is not a value of the graph")
     loss = specs[graph.loss]
     if loss.shape != () or loss.dtype not in FLOAT_DTYPES:
-        raise GraphError(f"the loss must be a float scalar, got {loss}", graph.loss)
+        op = next((n.op for n in graph.nodes if n.name == graph.loss), None)
+        raise GraphError(f"the loss must be a float scalar, got {loss}", graph.loss, op)
     for out in graph.outputs:
         if out not in specs:
             raise GraphError(f"fetched output {out!r} is not a value of the graph")
