@@ -274,9 +274,10 @@ class JobManager:
     def _run(self, run: JobRun) -> None:
         spec = run.spec
         optimizer = from_config(spec.optimizer)
-        if run.opt_state is None:
+        resumed = run.opt_state is not None
+        if not resumed:
             run.opt_state = optimizer.init(run.params)
-        self._set_state(run, "running")
+        self._set_state(run, "running", f"resumed from step {run.step}" if resumed else "")
         started, started_step = time.perf_counter(), run.step
         try:
             while run.step < run.total_steps:
@@ -314,13 +315,13 @@ class JobManager:
     def _checkpoint(self, run: JobRun, name: str) -> None:
         _save_npz_atomic(run.directory / name, _flatten_state(run.params, run.opt_state, {"step": run.step}))
 
-    def _set_state(self, run: JobRun, state: str) -> None:
+    def _set_state(self, run: JobRun, state: str, message: str = "") -> None:
         run.state = state
         if state in FINAL_STATES:
             (run.directory / "state").write_text(state)
         run.emit({"step": run.step, "epoch": run.step // max(1, run.steps_per_epoch), "loss": run.loss,
                   "examples_per_s": 0.0, "eta_s": 0.0, "state": state, "total_steps": run.total_steps,
-                  "message": run.error})
+                  "message": message or run.error})
 
     # ------------------------------------------------------------------ queries
 
