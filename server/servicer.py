@@ -99,9 +99,9 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             return self.graphs.get(header.graph_id)
         raise GraphError("the request names no graph (graph or graph_id)")
 
-    def _read_stream(self, requests, tensor_fields: tuple[str, ...]):
+    def _read_stream(self, requests, tensor_fields: tuple[str, ...], context=None):
         """The first message's header and the stream's assembled tensors."""
-        first = _next_request(requests)
+        first = _next_request(requests, context)
         if first is None or not first.HasField("header"):
             raise GraphError("the first message of the stream must carry the header")
         assembler = Assembler(self.config.max_tensor_elements, self.config.max_request_bytes)
@@ -112,7 +112,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             for field in tensor_fields:
                 for chunk in getattr(message, field):
                     assembler.add(field, chunk)
-            message = _next_request(requests)
+            message = _next_request(requests, context)
         return first.header, assembler
 
     # ------------------------------------------------------------------ gradients
@@ -126,7 +126,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         try:
             phases: dict[str, float] = {}
             t = time.perf_counter()
-            header, assembler = self._read_stream(requests, ("params", "batch"))
+            header, assembler = self._read_stream(requests, ("params", "batch"), context)
             session = self.sessions.get(header.session_id) if header.session_id else None
             if session is not None:
                 reg, params, params_key = session.graph, session.params, f"{session.session_id}@{session.version}"
@@ -143,10 +143,6 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             program.bind(params, batch)  # every check, no allocation
             n = batch_size(program, batch)
             call.batch = str(n)
-            if n == 0 and program.graph.batch_reduction == "mean":
-                empty = sorted(k for k, s in program.graph.inputs.items() if s.shape and s.shape[0] is None)
-                raise GraphError(f"empty batch: batch input(s) {empty} hold 0 examples; "
-                                 "a mean over 0 examples is undefined")
             unknown = sorted(set(header.fetch) - set(program.specs))
             if unknown:
                 raise GraphError(f"cannot fetch {unknown}: not values of the graph")
@@ -184,7 +180,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     def CreateSession(self, request_iterator, context):
         def run(call):
-            header, assembler = self._read_stream(request_iterator, ("params",))
+            header, assembler = self._read_stream(request_iterator, ("params",), context)
             reg = self._resolve(header)
             call.graph_id = reg.graph_id
             session = self.sessions.create(reg, assembler.result("params"))
@@ -193,7 +189,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     def UpdateSession(self, request_iterator, context):
         def run(call):
-            header, assembler = self._read_stream(request_iterator, ("params",))
+            header, assembler = self._read_stream(request_iterator, ("params",), context)
             session = self.sessions.update(header.session_id, assembler.result("params"))
             call.graph_id = session.graph.graph_id
             return pb.SessionInfo(session_id=session.session_id, graph_id=session.graph.graph_id,
@@ -265,13 +261,20 @@ def list_ops() -> pb.ListOpsResponse:
     ])
 
 
-def _next_request(requests):
-    """The stream's next message (None at its end). gRPC raises a bare RpcError when the
-    call ends while the request is streaming in: the client's deadline or a cancellation."""
+def _next_request(requests, context=None):
+    """The stream's next message (None at its end). When the call ends while the request is
+    streaming in (the client's deadline, a cancellation) gRPC raises a bare RpcError, or,
+    racing with it, ends the stream early: then the request is not complete, not invalid."""
+    ended = "the call ended (deadline or cancellation) while the request was streaming in"
     try:
-        return next(requests, None)
+        message = next(requests, None)
     except grpc.RpcError:
-        raise DeadlineExceeded("the call ended (deadline or cancellation) while the request was streaming in") from None
+        raise DeadlineExceeded(ended) from None
+    if message is None and context is not None:
+        remaining = context.time_remaining()
+        if not context.is_active() or (remaining is not None and remaining <= 0):
+            raise DeadlineExceeded(ended)
+    return message
 
 
 def _ms_since(t: float) -> float:

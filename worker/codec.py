@@ -27,7 +27,7 @@ DEFAULT_CHUNK_BYTES = 4 << 20
 
 
 def dtype_to_proto(dtype: np.dtype) -> int:
-    return _TO_ENUM[np.dtype(dtype)]
+    return _TO_ENUM[np.dtype(dtype).newbyteorder("=")]  # '>f8' is float64 too: bytes go out little-endian
 
 
 def dtype_from_proto(value: int, what: str) -> np.dtype:
@@ -160,10 +160,12 @@ def graph_id(graph: GraphDef) -> str:
 
 def tensor_chunks(name: str, array: np.ndarray, chunk_bytes: int) -> Iterator[pb.TensorChunk]:
     """The pieces of one tensor, each at most ``chunk_bytes`` of data."""
-    array = _little(np.asarray(array))
+    array = np.asarray(array)
+    shape = array.shape  # before _little: ascontiguousarray turns a 0-d scalar into shape (1,)
+    array = _little(array)
     raw = memoryview(array).cast("B") if array.size else memoryview(b"")
     total = len(raw)
-    yield pb.TensorChunk(name=name, dtype=dtype_to_proto(array.dtype), shape=array.shape,
+    yield pb.TensorChunk(name=name, dtype=dtype_to_proto(array.dtype), shape=shape,
                          offset=0, data=bytes(raw[:chunk_bytes]))
     for offset in range(chunk_bytes, total, chunk_bytes):
         yield pb.TensorChunk(name=name, offset=offset, data=bytes(raw[offset:offset + chunk_bytes]))

@@ -82,6 +82,9 @@ class Program:
         batch_sizes = {n: batch[n].shape[0] for n, s in g.inputs.items() if s.shape and s.shape[0] is None}
         if len(set(batch_sizes.values())) > 1:
             raise GraphError(f"batch inputs disagree on the batch size: {batch_sizes}")
+        if batch_sizes and not any(batch_sizes.values()) and g.batch_reduction == "mean":
+            raise GraphError(f"empty batch: batch input(s) {sorted(batch_sizes)} hold 0 examples; "
+                             "a mean over 0 examples is undefined")
         sources.update({n: TensorSpec.of(v) for n, v in g.constants.items()})
         specs, _ = infer(g, self.order, sources, self.limits)
         return specs

@@ -1,0 +1,509 @@
+"""A corpus of bad requests against one live server. Each must be answered with the right
+status code and a message naming the fault, and the same server must then still answer a
+good request. Raw stubs and hand-built messages reach what the SDK would refuse to send."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import pytest
+
+import gradwire as gw
+from gradwire.protos import gradwire_pb2 as pb
+from gradwire.protos import gradwire_pb2_grpc as pb_grpc
+from gradwire.server.backend import LocalBackend
+from gradwire.worker.codec import graph_to_proto, stream_messages, tensor_chunks
+from gradwire.worker.graph import GraphDef, Node
+from gradwire.worker.spec import TensorSpec
+
+OK = grpc.StatusCode.OK
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+F32 = np.dtype("float32")
+
+
+# ---------------------------------------------------------------- the good request
+
+
+def _base_graph() -> gw.Graph:
+    g = gw.Graph()
+    x, w, b = g.input("x", (None, 3)), g.param("w", (3,)), g.param("b", (3,))
+    g.set_loss(gw.sum(gw.sigmoid(gw.relu(gw.add(gw.mul(x, w, name="mul"), b, name="add"), name="relu")),
+                      name="loss"), batch_reduction="sum")
+    return g
+
+
+BASE = graph_to_proto(_base_graph().graph_def)  # nodes: mul, add, relu, sigmoid_*, loss
+W, B = np.array([0.5, -1.0, 2.0], np.float32), np.array([0.1, 0.2, -0.3], np.float32)
+X = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+
+
+def _chunk(name, dtype=pb.FLOAT32, shape=(), data=b"", offset=0) -> pb.TensorChunk:
+    return pb.TensorChunk(name=name, dtype=dtype, shape=list(shape), data=data, offset=offset)
+
+
+def _whole(name, array) -> pb.TensorChunk:
+    return next(tensor_chunks(name, np.asarray(array), 1 << 30))
+
+
+GOOD_PARAMS = [_whole("w", W), _whole("b", B)]
+GOOD_BATCH = [_whole("x", X)]
+
+
+def _graph(edit: Callable[[pb.Graph], None]) -> pb.Graph:
+    g = pb.Graph()
+    g.CopyFrom(BASE)
+    edit(g)
+    return g
+
+
+def _compute(graph: pb.Graph | None = BASE, params=None, batch=None, **header) -> list[pb.ComputeRequest]:
+    if graph is not None:
+        header["graph"] = graph
+    return [pb.ComputeRequest(header=pb.ComputeHeader(**header), params=GOOD_PARAMS if params is None else params,
+                              batch=GOOD_BATCH if batch is None else batch)]
+
+
+def _register(graph: pb.Graph) -> pb.RegisterGraphRequest:
+    return pb.RegisterGraphRequest(graph=graph)
+
+
+def _expected_good_loss() -> float:
+    return gw.local(shards=8).value_and_grad(_base_graph(), {"w": W, "b": B}, {"x": X})[0]  # the server plan
+
+
+# ---------------------------------------------------------------- the corpus
+
+
+@dataclass
+class Case:
+    id: str
+    build: Callable[[], object]  # the request (unary) or the list of stream messages
+    code: grpc.StatusCode
+    says: tuple[str, ...]  # substrings of the status message
+    method: str = "ValueAndGrad"
+    server: dict = field(default_factory=dict)
+
+
+def _set_param_spec(g: pb.Graph, name: str, dtype=pb.FLOAT32, shape=()):
+    for p in g.params:
+        if p.name == name:
+            p.spec.CopyFrom(pb.TensorSpec(dtype=dtype, shape=list(shape)))
+
+
+def _node(g: pb.Graph, name: str) -> pb.Node:
+    return next(n for n in g.nodes if n.name == name)
+
+
+def _broadcast_graph(batched: bool) -> pb.Graph:
+    """a + b where a is (2**20, 1) and b is (1, 2**20): an intermediate of 2**40 elements
+    (4 TiB of float32), from 8 MB of inputs."""
+    a = TensorSpec((None, 1) if batched else (2**20, 1), F32)
+    gd = GraphDef(inputs={"a": a} if batched else {}, params={"b": TensorSpec((1, 2**20), F32)} | (
+        {} if batched else {"a": a}), nodes=[Node("outer", "add", ("a", "b")), Node("total", "sum", ("outer",))],
+        loss="total")
+    return graph_to_proto(gd)
+
+
+def _sce_graph() -> pb.Graph:
+    g = gw.Graph()
+    x, y, w = g.input("x", (None, 3)), g.input("y", (None,), "int64"), g.param("w", (3, 5))
+    g.set_loss(gw.softmax_cross_entropy(gw.matmul(x, w, name="logits"), y, name="xent"))
+    return graph_to_proto(g.graph_def)
+
+
+def _bool_graph() -> pb.Graph:
+    g = gw.Graph()
+    x, m, w = g.input("x", (None, 3)), g.input("m", (None, 3), "bool"), g.param("w", (3,))
+    g.set_loss(gw.sum(gw.where(m, x * w, x)))
+    return graph_to_proto(g.graph_def)
+
+
+BOOL_GRAPH = _bool_graph()
+SCE_GRAPH = _sce_graph()
+
+CASES = [
+    # ---- tensor bytes
+    Case("bytes-not-a-multiple-of-itemsize", lambda: _compute(batch=[_chunk("x", shape=(4, 3), data=b"\0" * 46)]),
+         INVALID, ("'x'", "float32[4, 3]", "needs 48 bytes", "got 46")),
+    Case("bytes-short-of-shape", lambda: _compute(batch=[_chunk("x", shape=(4, 3), data=b"\0" * 24)]),
+         INVALID, ("'x'", "float32[4, 3]", "needs 48 bytes", "got 24")),
+    Case("bytes-beyond-shape", lambda: _compute(batch=[_chunk("x", shape=(4, 3), data=b"\0" * 52)]),
+         INVALID, ("'x'", "float32[4, 3]", "needs 48 bytes", "52")),
+    Case("bytes-short-over-pieces", lambda: _compute(batch=[_chunk("x", shape=(4, 3), data=b"\0" * 20),
+                                                            _chunk("x", offset=20, data=b"\0" * 20)]),
+         INVALID, ("'x'", "float32[4, 3]", "needs 48 bytes", "got 40")),
+    Case("piece-at-wrong-offset", lambda: _compute(batch=[_chunk("x", shape=(4, 3), data=b"\0" * 20),
+                                                          _chunk("x", offset=24, data=b"\0" * 24)]),
+         INVALID, ("'x'", "offset 24", "20 of 48")),
+    Case("piece-before-first-piece", lambda: _compute(batch=[_chunk("x", offset=8, data=b"\0" * 8)]),
+         INVALID, ("'x'", "before its first piece")),
+    Case("tensor-sent-twice", lambda: _compute(batch=GOOD_BATCH * 2), INVALID, ("'x'", "sent twice")),
+    Case("bool-bytes-not-0-or-1", lambda: _compute(BOOL_GRAPH, params=[_whole("w", W)], batch=[
+        _whole("x", X), _chunk("m", pb.BOOL, (4, 3), bytes([1, 0, 1, 0, 2, 1, 0, 0, 1, 1, 1, 0]))]),
+         INVALID, ("'m'", "bool", "0 and 1")),
+    Case("bool-bytes-not-0-or-1-over-pieces", lambda: _compute(BOOL_GRAPH, params=[_whole("w", W)], batch=[
+        _whole("x", X), _chunk("m", pb.BOOL, (4, 3), bytes(6)), _chunk("m", offset=6, data=bytes([0, 0, 7, 0, 0, 0]))]),
+         INVALID, ("'m'", "bool", "0 and 1")),
+    Case("unknown-dtype-enum", lambda: _compute(batch=[_chunk("x", 99, (4, 3), b"\0" * 48)]),
+         INVALID, ("'x'", "dtype", "99")),
+    Case("unspecified-dtype", lambda: _compute(params=[_chunk("w", 0, (3,), b"\0" * 12), _whole("b", B)]),
+         INVALID, ("'w'", "dtype", "0")),
+    Case("constant-bytes-wrong", lambda: _register(_graph(lambda g: g.constants.add(
+        name="c", tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[3], data=b"\0" * 10)))),
+         INVALID, ("constant 'c'", "float32[3]", "needs 12 bytes", "got 10"), method="RegisterGraph"),
+    Case("tensor-dtype-against-spec", lambda: _compute(batch=[_whole("x", X.astype(np.float64))]),
+         INVALID, ("'x'", "float32[?, 3]", "float64[4, 3]")),
+    Case("tensor-shape-against-spec", lambda: _compute(params=[_whole("w", np.ones(4, np.float32)), _whole("b", B)]),
+         INVALID, ("'w'", "float32[3]", "float32[4]")),
+    Case("batch-sizes-disagree", lambda: _compute(SCE_GRAPH, params=[_whole("w", np.ones((3, 5), np.float32))],
+                                                  batch=[_whole("x", X), _whole("y", np.zeros(5, np.int64))]),
+         INVALID, ("batch size", "'x'", "'y'")),
+    # ---- dimensions and sizes
+    Case("negative-dim", lambda: _compute(batch=[_chunk("x", shape=(-2, 3))]),
+         INVALID, ("'x'", "negative dimension", "(-2, 3)")),
+    Case("negative-dim-in-spec", lambda: _register(_graph(lambda g: _set_param_spec(g, "w", shape=[-5]))),
+         INVALID, ("'w'", "negative dimension", "-5"), method="RegisterGraph"),
+    Case("absurd-dim", lambda: _compute(batch=[_chunk("x", shape=(2**40,))]),
+         EXHAUSTED, ("'x'", "(1099511627776,)", "limit")),
+    Case("shape-product-overflows-64-bits", lambda: _compute(batch=[_chunk("x", shape=(2**32, 2**32))]),
+         EXHAUSTED, ("'x'", "(4294967296, 4294967296)", "18446744073709551616")),
+    Case("shape-product-overflows-64-bits-in-spec",
+         lambda: _register(_graph(lambda g: _set_param_spec(g, "w", shape=[2**32, 2**32]))),
+         EXHAUSTED, ("'w'", "[4294967296, 4294967296]", "18446744073709551616"), method="RegisterGraph"),
+    Case("broadcast-to-terabytes-static", lambda: _register(_broadcast_graph(batched=False)),
+         EXHAUSTED, ("'outer'", "'add'", "[1048576, 1048576]", "1099511627776"), method="RegisterGraph"),
+    Case("broadcast-to-terabytes-by-batch", lambda: _compute(
+        _broadcast_graph(batched=True), params=[_whole("b", np.ones((1, 2**20), np.float32))],
+        batch=list(tensor_chunks("a", np.ones((2**20, 1), np.float32), 1 << 20))),
+         EXHAUSTED, ("'outer'", "'add'", "[1048576, 1048576]", "1099511627776")),
+    # ---- graph structure
+    Case("unknown-op", lambda: _compute(_graph(lambda g: setattr(_node(g, "relu"), "op", "frobnicate"))),
+         INVALID, ("'relu'", "unknown op", "'frobnicate'")),
+    Case("cycle", lambda: _compute(_graph(lambda g: _node(g, "mul").inputs.__setitem__(0, "relu"))),
+         INVALID, ("cycle", "mul", "add", "relu")),
+    Case("dangling-input", lambda: _compute(_graph(lambda g: _node(g, "add").inputs.__setitem__(1, "nowhere"))),
+         INVALID, ("'add'", "'nowhere'", "not defined")),
+    Case("wrong-arity", lambda: _compute(_graph(lambda g: _node(g, "relu").inputs.append("w"))),
+         INVALID, ("'relu'", "arity", "takes 1", "got 2")),
+    Case("dtype-mismatch", lambda: _compute(_graph(lambda g: _set_param_spec(g, "w", pb.FLOAT64, [3]))),
+         INVALID, ("'mul'", "dtype", "float32[?, 3]", "float64[3]")),
+    Case("unknown-attribute", lambda: _compute(_graph(lambda g: _node(g, "loss").attrs["speed"].CopyFrom(
+        pb.AttrValue(i=3)))), INVALID, ("'loss'", "'sum'", "unknown attribute", "speed")),
+    Case("attribute-of-wrong-kind", lambda: _compute(_graph(lambda g: _node(g, "loss").attrs["keepdims"].CopyFrom(
+        pb.AttrValue(s="yes")))), INVALID, ("'loss'", "'keepdims'", "bool")),
+    Case("duplicate-node-name", lambda: _compute(_graph(lambda g: setattr(_node(g, "relu"), "name", "add"))),
+         INVALID, ("'add'", "duplicate")),
+    Case("non-scalar-loss", lambda: _compute(_graph(lambda g: setattr(g, "loss", "relu"))),
+         INVALID, ("'relu'", "loss", "float scalar", "float32[?, 3]")),
+    Case("loss-not-in-graph", lambda: _compute(_graph(lambda g: setattr(g, "loss", "ghost"))),
+         INVALID, ("loss", "'ghost'")),
+    Case("empty-graph", lambda: _compute(pb.Graph(), params=[], batch=[]), INVALID, ("empty graph",)),
+    Case("empty-graph-register", lambda: _register(pb.Graph()), INVALID, ("empty graph",), method="RegisterGraph"),
+    Case("bad-batch-reduction", lambda: _compute(_graph(lambda g: setattr(g, "batch_reduction", "median"))),
+         INVALID, ("batch_reduction", "'median'")),
+    # ---- the request against the graph
+    Case("missing-batch-input", lambda: _compute(batch=[]), INVALID, ("missing batch input", "'x'")),
+    Case("missing-parameter", lambda: _compute(params=[_whole("w", W)]), INVALID, ("missing parameter", "'b'")),
+    Case("unknown-parameter", lambda: _compute(params=GOOD_PARAMS + [_whole("extra", W)]),
+         INVALID, ("unknown parameter", "'extra'")),
+    Case("empty-batch-mean-loss", lambda: _compute(SCE_GRAPH, params=[_whole("w", np.ones((3, 5), np.float32))],
+                                                   batch=[_whole("x", np.zeros((0, 3), np.float32)),
+                                                          _whole("y", np.zeros(0, np.int64))]),
+         INVALID, ("empty batch", "'x'", "0 examples")),
+    Case("label-out-of-range", lambda: _compute(SCE_GRAPH, params=[_whole("w", np.ones((3, 5), np.float32))],
+                                                batch=[_whole("x", X), _whole("y", np.array([0, 1, 9, 2]))]),
+         INVALID, ("'xent'", "softmax_cross_entropy", "labels", "[0, 5)")),
+    Case("wrt-unknown", lambda: _compute(wrt=["nope"]), INVALID, ("'nope'", "differentiate")),
+    Case("fetch-unknown", lambda: _compute(fetch=["nope"]), INVALID, ("'nope'", "fetch")),
+    Case("no-graph", lambda: _compute(None), INVALID, ("names no graph",)),
+    Case("no-header", lambda: [pb.ComputeRequest(batch=GOOD_BATCH)], INVALID, ("first message", "header")),
+    Case("empty-stream", lambda: [], INVALID, ("first message", "header")),
+    Case("second-header", lambda: _compute() + _compute(), INVALID, ("only the first message", "header")),
+    Case("unknown-graph-id", lambda: _compute(None, graph_id="g-00000000000000000000000000000000"),
+         NOT_FOUND, ("unknown graph id", "g-00000000000000000000000000000000")),
+    Case("unknown-session-id", lambda: _compute(None, params=[], session_id="s-nope"),
+         NOT_FOUND, ("unknown session id", "'s-nope'")),
+    Case("session-missing-parameter", lambda: [pb.SessionRequest(header=pb.SessionHeader(graph=BASE),
+                                                                 params=[_whole("w", W)])],
+         INVALID, ("missing parameter", "'b'"), method="CreateSession"),
+    Case("session-update-unknown", lambda: [pb.SessionRequest(header=pb.SessionHeader(session_id="s-gone"),
+                                                              params=[_whole("w", W)])],
+         NOT_FOUND, ("'s-gone'",), method="UpdateSession"),
+    Case("session-params-unknown", lambda: pb.SessionRef(session_id="s-gone"), NOT_FOUND, ("'s-gone'",),
+         method="GetSessionParams"),
+    Case("request-over-byte-limit", lambda: _compute(batch=[_whole("x", np.zeros((400, 3), np.float32))]),
+         EXHAUSTED, ("'x'", "1000 bytes"), server={"max_request_bytes": 1000}),
+    Case("tensor-over-element-limit", lambda: _compute(batch=[_whole("x", np.zeros((400, 3), np.float32))]),
+         EXHAUSTED, ("'x'", "(400, 3)", "1200", "limit is 1000"), server={"max_tensor_elements": 1000}),
+    Case("too-many-nodes", lambda: _register(_graph(lambda g: g.nodes.add(name="extra", op="relu", inputs=["relu"]))),
+         EXHAUSTED, ("6 nodes", "limit is 5"), method="RegisterGraph", server={"max_nodes": 5}),
+]
+
+
+@pytest.fixture(scope="module")
+def servers(start_server):
+    """Addresses by config: the default server and one per special config of the corpus."""
+    cache = {}
+
+    def get(config: dict) -> str:
+        key = tuple(sorted(config.items()))
+        if key not in cache:
+            cache[key] = start_server(**config)[1]
+        return cache[key]
+
+    return get
+
+
+def _call(stub, method: str, request, timeout=30):
+    rpc = getattr(stub, method)
+    if method in ("ValueAndGrad", "GetSessionParams"):
+        return list(rpc(iter(request) if isinstance(request, list) else request, timeout=timeout))
+    return rpc(iter(request) if isinstance(request, list) else request, timeout=timeout)
+
+
+def _assert_good(stub) -> None:
+    """The same server still answers a good request, correctly."""
+    responses = _call(stub, "ValueAndGrad", _compute())
+    assert responses[-1].summary.loss == _expected_good_loss()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_request(servers, case: Case):
+    with grpc.insecure_channel(servers(case.server)) as channel:
+        stub = pb_grpc.GradwireStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            _call(stub, case.method, case.build())
+        assert err.value.code() == case.code, err.value.details()
+        details = err.value.details()
+        for fragment in case.says:
+            assert fragment in details, f"{fragment!r} not in {details!r}"
+        assert "Traceback" not in details and "internal error" not in details
+        _assert_good(stub)
+
+
+def test_corpus_covers_every_code():
+    assert {c.code for c in CASES} == {INVALID, EXHAUSTED, NOT_FOUND}
+
+
+# ---------------------------------------------------------------- the SDK's exception classes
+
+
+@pytest.fixture(scope="module")
+def address(servers):
+    return servers({})
+
+
+@pytest.fixture(scope="module")
+def client(address):
+    with gw.connect(address) as c:
+        yield c
+
+
+def _good_sdk(client) -> None:
+    assert client.value_and_grad(_base_graph(), {"w": W, "b": B}, {"x": X})[0] == _expected_good_loss()
+
+
+def test_sdk_raises_invalid_graph(client):
+    cyclic = GraphDef(inputs={"x": TensorSpec((None, 3), F32)},
+                      nodes=[Node("a", "relu", ("b",)), Node("b", "relu", ("a",)), Node("s", "sum", ("b",))], loss="s")
+    with pytest.raises(gw.InvalidGraph, match="cycle") as err:
+        client.register(cyclic)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert isinstance(err.value, gw.GradwireError)
+    _good_sdk(client)
+    g = _base_graph()
+    with pytest.raises(gw.InvalidGraph, match="missing parameter") as err:
+        client.value_and_grad(g, {"w": W}, {"x": X})
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    _good_sdk(client)
+
+
+def test_sdk_raises_resource_exhausted(client):
+    with pytest.raises(gw.ResourceExhausted, match="'outer'") as err:
+        client.register(GraphDef(**_graph_def_kwargs(batched=False)))
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    _good_sdk(client)
+    g = gw.Graph()
+    a, b = g.input("a", (None, 1)), g.param("b", (1, 2**20))
+    g.set_loss(gw.sum(gw.add(a, b, name="outer")))
+    with pytest.raises(gw.ResourceExhausted, match="'outer'") as err:
+        client.value_and_grad(g, {"b": np.ones((1, 2**20), np.float32)}, {"a": np.ones((2**20, 1), np.float32)})
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "1099511627776" in str(err.value)
+    _good_sdk(client)
+
+
+def _graph_def_kwargs(batched: bool) -> dict:
+    from gradwire.worker.codec import graph_from_proto
+    gd = graph_from_proto(_broadcast_graph(batched))
+    return {"inputs": gd.inputs, "params": gd.params, "nodes": gd.nodes, "loss": gd.loss}
+
+
+def test_sdk_raises_not_found(client):
+    with pytest.raises(gw.NotFound, match="g-feedface") as err:
+        client.value_and_grad("g-feedface", {"w": W, "b": B}, {"x": X})
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    _good_sdk(client)
+
+
+def _heavy(layers=4, width=256, n=2048):
+    """About a second of matmuls on two idle cores (8 micro-shards) from a 2 MB request."""
+    g = gw.Graph()
+    x, w = g.input("x", (None, width)), g.param("W", (width, width))
+    h = x
+    for _ in range(layers):
+        h = gw.tanh(h @ w)
+    g.set_loss(gw.mean(gw.square(h)))
+    rng = np.random.default_rng(0)
+    params = {"W": (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)}
+    return g, params, {"x": rng.standard_normal((n, width), dtype=np.float32)}
+
+
+def _wait_for_log(caplog, predicate, seconds=10.0) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lines = [r.getMessage() for r in caplog.records if predicate(r.getMessage())]
+        if lines:
+            return lines
+        time.sleep(0.05)
+    return []
+
+
+@pytest.mark.parametrize("where", ["compute", "upload"])
+def test_sdk_raises_deadline_exceeded(client, caplog, where):
+    """A 0.05 s deadline on a heavy request (compute) or a 64 MB one (still streaming in when
+    the deadline passes): the client gets DeadlineExceeded in time, the server logs the
+    request as DEADLINE_EXCEEDED (not as an internal error) and keeps serving."""
+    caplog.set_level(logging.INFO, logger="gradwire.server")
+    g, params, batch = _heavy() if where == "compute" else _heavy(layers=1, width=256, n=65536)
+    client.register(g)
+    start = time.monotonic()
+    with pytest.raises(gw.DeadlineExceeded) as err:
+        client.run(g, params, batch, timeout=0.05)
+    assert time.monotonic() - start < 1.0
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    lines = _wait_for_log(caplog, lambda m: "method=ValueAndGrad" in m and "status=OK" not in m)
+    assert lines and "status=DEADLINE_EXCEEDED" in lines[0], lines
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+    _good_sdk(client)
+
+
+class _GatedBackend(LocalBackend):
+    """Holds every request inside compute until ``release`` is set."""
+
+    def __init__(self):
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def compute(self, job, is_active, deadline):
+        self.entered.set()
+        assert self.release.wait(30)
+        return super().compute(job, is_active, deadline)
+
+
+def test_concurrency_limit_rejects_the_second_request(start_server):
+    backend = _GatedBackend()
+    _, address = start_server(backend=backend, max_concurrent=1)
+    g = _base_graph()
+    outcome = {}
+
+    def first():
+        with gw.connect(address) as c:
+            outcome["first"] = c.value_and_grad(g, {"w": W, "b": B}, {"x": X})
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert backend.entered.wait(10)
+        with gw.connect(address) as c, pytest.raises(gw.ResourceExhausted, match="1 concurrent") as err:
+            c.value_and_grad(g, {"w": W, "b": B}, {"x": X})
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        backend.release.set()
+        thread.join(30)
+    assert outcome["first"][0] == _expected_good_loss()
+    with gw.connect(address) as c:  # the slot is free again
+        _good_sdk(c)
+
+
+def test_concurrency_limit_with_two_heavy_requests(start_server):
+    _, address = start_server(max_concurrent=1)
+    g, params, batch = _heavy()
+    with gw.connect(address) as c:
+        c.register(g)
+    barrier = threading.Barrier(2)
+    outcomes: list = [None, None]
+
+    def run(i):
+        with gw.connect(address) as c:
+            barrier.wait()
+            try:
+                outcomes[i] = c.value_and_grad(g, params, batch)[0]
+            except gw.GradwireError as exc:
+                outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    errors = [o for o in outcomes if isinstance(o, gw.GradwireError)]
+    assert len(errors) == 1, outcomes
+    assert isinstance(errors[0], gw.ResourceExhausted) and errors[0].code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "concurrent" in str(errors[0])
+    losses = [o for o in outcomes if isinstance(o, float)]
+    assert len(losses) == 1 and np.isfinite(losses[0]) and losses[0] > 0
+    with gw.connect(address) as c:
+        _good_sdk(c)
+
+
+# ---------------------------------------------------------------- retries
+
+
+def test_invalid_argument_is_never_retried(client, address, caplog):
+    caplog.set_level(logging.INFO, logger="gradwire.server")
+    bad = GraphDef(nodes=[Node("a", "nope", ())], loss="a")
+    payload = pb.RegisterGraphRequest(graph=graph_to_proto(bad)).ByteSize()
+    before = client.bytes_sent
+    with pytest.raises(gw.InvalidGraph, match="'nope'"):
+        client.register(bad)
+    assert client.bytes_sent - before == payload  # one attempt
+    assert len([r for r in caplog.records if "method=RegisterGraph" in r.getMessage()
+                and "status=INVALID_ARGUMENT" in r.getMessage()]) == 1
+
+    caplog.clear()
+    messages = list(stream_messages(pb.ComputeRequest, {"header": pb.ComputeHeader(graph=BASE)},
+                                    {"params": {"w": W}, "batch": {"x": X}}))
+    with gw.connect(address) as fresh:  # sends the whole graph, as ``messages`` do
+        with pytest.raises(gw.InvalidGraph, match="missing parameter"):
+            fresh.value_and_grad(_base_graph(), {"w": W}, {"x": X})
+        assert fresh.bytes_sent == sum(m.ByteSize() for m in messages)
+    assert len([r for r in caplog.records if "method=ValueAndGrad" in r.getMessage()]) == 1
+    _good_sdk(client)
+
+
+def test_unavailable_is_retried_within_the_deadline():
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = gw.connect(f"127.0.0.1:{port}", timeout=1.0)
+    g = _base_graph()
+    payload = pb.RegisterGraphRequest(graph=graph_to_proto(g.graph_def)).ByteSize()
+    start = time.monotonic()
+    with pytest.raises(gw.Unavailable) as err:
+        c.register(g)
+    elapsed = time.monotonic() - start
+    c.close()
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    attempts = c.bytes_sent // payload
+    assert c.bytes_sent == attempts * payload and attempts > 1
+    assert elapsed <= 1.05  # gave up within the deadline ...
+    assert elapsed > 0.05  # ... after backing off between attempts
