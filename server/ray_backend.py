@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict, deque
 from typing import Callable
@@ -27,7 +28,9 @@ from gradwire.worker.shards import combine  # noqa: E402
 from gradwire.worker.validate import GraphError  # noqa: E402
 
 log = logging.getLogger("gradwire.server")
-_LOST = (RayActorError, WorkerCrashedError, ray.exceptions.ObjectLostError)
+_LOST = (RayActorError, WorkerCrashedError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError,
+         ray.exceptions.OutOfMemoryError)
+_STARTUP_TIMEOUT_S = 120.0  # for the pool's actors to start (e.g. not enough CPUs in the cluster)
 
 
 def init_ray(config: ServerConfig) -> bool:
@@ -37,7 +40,8 @@ def init_ray(config: ServerConfig) -> bool:
     if config.ray_address:
         ray.init(address=config.ray_address, logging_level=logging.WARNING, log_to_driver=False)
         return False
-    ray.init(num_cpus=config.workers * config.worker_cpus, include_dashboard=False,
+    # address="local": always a new cluster here, never one a `ray start` left on this machine
+    ray.init(address="local", num_cpus=config.workers * config.worker_cpus, include_dashboard=False,
              _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
     return True
 
@@ -49,11 +53,18 @@ class RayBackend:
         self.config = config
         self._owns_ray = init_ray(config)
         self._actor_cls = ray.remote(ShardWorker)
+        self._lock = threading.Lock()  # concurrent requests share the pool (and replace its workers)
+        self.replaced = 0
         self.workers = [self._spawn(i) for i in range(config.workers)]
-        ray.get([w.identity.remote() for w in self.workers])  # fail fast if they cannot start
+        try:  # fail fast if they cannot start (an actor that cannot be placed would wait forever)
+            ray.get([w.identity.remote() for w in self.workers], timeout=_STARTUP_TIMEOUT_S)
+        except GetTimeoutError:
+            self.close()
+            raise RuntimeError(
+                f"{config.workers} Ray workers of {config.worker_cpus} CPU each did not start within "
+                f"{_STARTUP_TIMEOUT_S:.0f}s; the cluster has {ray.cluster_resources().get('CPU', 0)} CPUs") from None
         self._graph_refs: OrderedDict[str, ray.ObjectRef] = OrderedDict()
         self._param_refs: OrderedDict[str, ray.ObjectRef] = OrderedDict()
-        self.replaced = 0
 
     def _spawn(self, index: int):
         return self._actor_cls.options(
@@ -63,13 +74,18 @@ class RayBackend:
     def worker_identities(self) -> list[dict]:
         return ray.get([w.identity.remote() for w in self.workers])
 
-    def _replace(self, index: int) -> None:
-        try:
-            ray.kill(self.workers[index], no_restart=True)
-        except Exception:  # noqa: BLE001 - it is gone already
-            pass
-        self.workers[index] = self._spawn(index)
-        self.replaced += 1
+    def _replace(self, index: int, dead) -> None:
+        """Replace worker ``index`` if it is still the ``dead`` handle: when concurrent requests
+        both saw it die, only the first replaces it (the second must not kill the replacement)."""
+        with self._lock:
+            if self.workers[index] is not dead:
+                return
+            try:
+                ray.kill(dead, no_restart=True)
+            except Exception:  # noqa: BLE001 - it is gone already
+                pass
+            self.workers[index] = self._spawn(index)
+            self.replaced += 1
         log.warning("worker-%d lost; replaced", index)
 
     @staticmethod
@@ -93,7 +109,7 @@ class RayBackend:
 
         pending = deque(range(len(plan)))
         idle = deque(range(len(self.workers)))
-        inflight: dict[ray.ObjectRef, tuple[int, int]] = {}
+        inflight: dict[ray.ObjectRef, tuple[int, int, object]] = {}
         attempts = [0] * len(plan)
         results: list = [None] * len(plan)
         records: list = [None] * len(plan)
@@ -108,10 +124,11 @@ class RayBackend:
                 shard, worker = pending.popleft(), idle.popleft()
                 attempts[shard] += 1
                 _, _, weight = plan[shard]
-                ref = self.workers[worker].run_shard.remote(
+                handle = self.workers[worker]
+                ref = handle.run_shard.remote(
                     job.graph.graph_id, [graph_ref], job.params_key, [params_ref], shard_refs[shard], weight,
                     job.wrt, job.fetch, job.check_finite, job.graph.program.limits)
-                inflight[ref] = (shard, worker)
+                inflight[ref] = (shard, worker, handle)
             wait = 0.05
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic()))
@@ -119,11 +136,11 @@ class RayBackend:
             if not is_active() or (deadline is not None and time.monotonic() >= deadline):
                 abandon(DeadlineExceeded("the call ended (deadline or cancellation); outstanding shards cancelled"))
             for ref in ready:
-                shard, worker = inflight.pop(ref)
+                shard, worker, handle = inflight.pop(ref)
                 try:
                     result, info = ray.get(ref, timeout=60)
                 except _LOST + (GetTimeoutError,):
-                    self._replace(worker)
+                    self._replace(worker, handle)
                     idle.append(worker)
                     if attempts[shard] > self.config.max_retries:
                         abandon(WorkersUnavailable(
@@ -134,14 +151,14 @@ class RayBackend:
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
                     if isinstance(cause, GraphError):  # deterministic: a retry would fail the same way
                         abandon(cause)
-                    raise
+                    abandon(exc)  # unexpected: fail the request, but cancel its other shards first
                 start, stop, _ = plan[shard]
                 results[shard] = result
                 records[shard] = ShardRecord(shard, start, stop, info["worker"], info["node"], info["pid"],
                                              info["ms"], attempts[shard])
                 idle.append(worker)
         t2 = time.perf_counter()
-        result = combine(results)
+        result = combine(results, job.graph.program)  # as run_sharded/gw.local: by the specs
         return Outcome(result, records, {"schedule": (t1 - t0) * 1e3, "compute": (t2 - t1) * 1e3,
                                          "reduce": (time.perf_counter() - t2) * 1e3})
 
