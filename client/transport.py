@@ -43,7 +43,9 @@ class Transport:
     def call(self, method: str, request: Callable[[], object], *, stream_in: bool = False,
              stream_out: bool = False, timeout: float | None = None):
         """Call ``method``. ``request()`` builds the request (or its message iterator) anew
-        for every attempt. A streamed response is read whole before returning."""
+        for every attempt. A streamed response is returned as an iterator once its first
+        message arrived (only failures before that are retried), so callers can assemble
+        large tensors as they stream in rather than after the whole response."""
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         metadata = (("gradwire-request-id", uuid.uuid4().hex[:12]),)
@@ -62,9 +64,8 @@ class Transport:
                 if not stream_out:
                     self.bytes_received += response.ByteSize()
                     return response
-                messages = list(response)
-                self.bytes_received += sum(m.ByteSize() for m in messages)
-                return messages
+                first = next(response, None)  # the server has finished its work once this arrives
+                return self._rest(method, first, response)
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 if code != grpc.StatusCode.UNAVAILABLE or attempt == self.max_attempts:
@@ -74,6 +75,17 @@ class Transport:
                     raise from_status(code, f"{method}: {details} (no time left to retry)") from None
                 time.sleep(pause)
         raise GradwireError(f"{method}: unreachable")  # pragma: no cover
+
+    def _rest(self, method: str, first, response) -> Iterator:
+        try:
+            if first is not None:
+                self.bytes_received += first.ByteSize()
+                yield first
+            for message in response:
+                self.bytes_received += message.ByteSize()
+                yield message
+        except grpc.RpcError as exc:
+            raise from_status(exc.code(), f"{method}: {exc.details() or ''}") from None
 
     def stream(self, method: str, request) -> Iterator:
         """A server-streaming call's messages as they arrive (no retry: callers resume)."""

@@ -156,25 +156,30 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             deadline = _deadline(context)
             outcome = self.backend.compute(job, context.is_active, deadline)
             phases.update(outcome.phase_ms)
-
-            t = time.perf_counter()
-            result = outcome.result
-            groups = {"grads": result.grads, "input_grads": result.input_grads, "outputs": result.outputs}
-            messages = list(stream_messages(pb.ComputeResponse, {}, groups, self.config.chunk_bytes)) or [pb.ComputeResponse()]
-            phases["encode"] = _ms_since(t)
-            info = pb.RunInfo(
-                backend=self.backend.name, shard_count=len(outcome.shards), phase_ms=phases,
-                shards=[pb.ShardInfo(index=s.index, start=s.start, stop=s.stop, worker=s.worker, node=s.node,
-                                     pid=s.pid, ms=s.ms, attempts=s.attempts) for s in outcome.shards],
-                server_pid=os.getpid(),
-            )
-            # the summary travels last, so it can report the whole encode phase
-            messages[-1].summary.CopyFrom(pb.ComputeSummary(
-                loss=result.loss, graph_id=reg.graph_id, request_id=call.request_id, info=info,
-                session_version=session.version if session else 0))
         finally:
             self._slots.release()
-        yield from messages
+        t = time.perf_counter()
+        result = outcome.result
+        groups = {"grads": result.grads, "input_grads": result.input_grads, "outputs": result.outputs}
+        # Lazily, one message ahead: the summary rides on the last message, so it can report
+        # the whole encode phase (which includes handing the earlier messages to gRPC).
+        previous = None
+        for message in stream_messages(pb.ComputeResponse, {}, groups, self.config.chunk_bytes):
+            if previous is not None:
+                yield previous
+            previous = message
+        previous = previous or pb.ComputeResponse()
+        phases["encode"] = _ms_since(t)
+        info = pb.RunInfo(
+            backend=self.backend.name, shard_count=len(outcome.shards), phase_ms=phases,
+            shards=[pb.ShardInfo(index=s.index, start=s.start, stop=s.stop, worker=s.worker, node=s.node,
+                                 pid=s.pid, ms=s.ms, attempts=s.attempts) for s in outcome.shards],
+            server_pid=os.getpid(),
+        )
+        previous.summary.CopyFrom(pb.ComputeSummary(
+            loss=result.loss, graph_id=reg.graph_id, request_id=call.request_id, info=info,
+            session_version=session.version if session else 0))
+        yield previous
 
     # ------------------------------------------------------------------ sessions
 
