@@ -1,7 +1,7 @@
 """Train the MLP of examples/mlp.py on scikit-learn's bundled 8x8 digits (no download)
 through a gradwire server with the Ray backend, and report held-out accuracy.
 
-    pip install -e ".[examples]" && python examples/digits.py [--backend ray] [--server HOST:PORT]
+    pip install -e ".[examples]" && python examples/digits.py [--backend local|ray] [--server HOST:PORT]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import gradwire as gw
-from gradwire.client.train_cli import load_model, server_address
+from gradwire.client.train_cli import follow, load_model, server_address
 
 
 def digits_split(seed: int = 0, test_fraction: float = 0.2):
@@ -39,8 +39,10 @@ def main() -> int:
     parser.add_argument("--backend", default="ray", choices=["local", "ray"])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--shards", type=int, default=2,
+                        help="micro-shards per step: one per worker suits batches this small")
     args = parser.parse_args()
 
     graph, params = load_model(str(Path(__file__).with_name("mlp.py")), seed=0)
@@ -48,8 +50,9 @@ def main() -> int:
     start = time.perf_counter()
     with server_address(args.server, args.backend, args.workers) as address, gw.connect(address) as client:
         job = client.submit_job(graph, params, train, gw.optim.Adam(lr=args.lr), batch_size=args.batch_size,
-                                epochs=args.epochs, seed=0)
-        last = job.wait()
+                                epochs=args.epochs, seed=0, shards=args.shards)
+        print(f"job {job.job_id} on {address} ({args.backend} backend)")
+        losses, last = follow(job)
         trained = job.result()
     elapsed = time.perf_counter() - start
     print(f"{len(train['x'])} training / {len(test['x'])} held-out digits; {last.total_steps} steps on "

@@ -31,6 +31,7 @@ class ServerConfig:
     check_finite: bool = False  # reject NaN/Inf produced by any node
     grace_seconds: float = 30.0  # on SIGTERM, how long in-flight calls may finish
     max_retries: int = 3  # per shard, when a worker dies (Ray backend)
+    pipeline_depth: int = 2  # shards queued per Ray worker at once
     job_dir: str = os.path.join(tempfile.gettempdir(), "gradwire-jobs")  # job data and checkpoints
 
     @property

@@ -108,7 +108,9 @@ class RayBackend:
         t1 = time.perf_counter()
 
         pending = deque(range(len(plan)))
-        idle = deque(range(len(self.workers)))
+        # Each worker holds up to `pipeline_depth` shards, so it starts the next one while the
+        # driver is still collecting the last: no idle round trip between shards.
+        idle = deque(w for _ in range(self.config.pipeline_depth) for w in range(len(self.workers)))
         inflight: dict[ray.ObjectRef, tuple[int, int, object]] = {}
         attempts = [0] * len(plan)
         results: list = [None] * len(plan)
