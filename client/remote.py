@@ -108,7 +108,8 @@ class Client:
             return self.transport.call(
                 "ValueAndGrad",
                 lambda: stream_messages(pb.ComputeRequest, {"header": header},
-                                        {"params": params, "batch": batch}, self.chunk_bytes),
+                                        {"params": params, "batch": batch}, self.chunk_bytes,
+                                        row_interleave=("batch",)),  # the server starts shards early
                 stream_in=True, stream_out=True, timeout=timeout)
 
         messages = send({}) if session_id else self._with_graph(graph, send)

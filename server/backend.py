@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -26,6 +26,14 @@ class Job:
     fetch: tuple[str, ...]
     shards: int
     check_finite: bool = False
+    feed: Any = None  # a BatchFeed while the batch is still streaming in; None: complete
+
+    def rows_ready(self, stop: int) -> bool:
+        return self.feed is None or self.feed.rows_ready(stop)
+
+    def wait_rows(self, stop: int, timeout: float | None = None) -> bool:
+        """Block until the batch's first ``stop`` rows have arrived (False on timeout)."""
+        return self.feed is None or self.feed.wait_rows(stop, timeout)
 
     def plan(self) -> list[tuple[int, int, float]]:
         """(start, stop, weight) per shard; one whole-batch shard when nothing is batched."""
@@ -80,6 +88,7 @@ class LocalBackend:
         for index, (start, stop, weight) in enumerate(job.plan()):
             if not is_active() or (deadline is not None and time.monotonic() > deadline):
                 raise DeadlineExceeded("the call ended (deadline or cancellation) before all shards ran")
+            job.wait_rows(stop)
             t = time.perf_counter()
             results.append(program.run(job.params, job.shard(start, stop), wrt=job.wrt, fetch=job.fetch,
                                        loss_scale=weight, check_finite=job.check_finite))

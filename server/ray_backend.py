@@ -104,7 +104,7 @@ class RayBackend:
         plan = job.plan()
         graph_ref = self._cached_put(self._graph_refs, job.graph.graph_id, lambda: job.graph.proto_bytes, 64)
         params_ref = self._cached_put(self._param_refs, job.params_key, lambda: job.params, 4)
-        shard_refs = [ray.put(job.shard(a, b)) for a, b, _ in plan]  # each shard crosses once, even on retry
+        shard_refs: list = [None] * len(plan)  # each shard is put once, when its rows are in; retries reuse it
         t1 = time.perf_counter()
 
         pending = deque(range(len(plan)))
@@ -122,8 +122,11 @@ class RayBackend:
             raise exc
 
         while pending or inflight:
-            while pending and idle:
+            while pending and idle and job.rows_ready(plan[pending[0]][1]):
                 shard, worker = pending.popleft(), idle.popleft()
+                if shard_refs[shard] is None:
+                    start, stop, _ = plan[shard]
+                    shard_refs[shard] = ray.put(job.shard(start, stop))
                 attempts[shard] += 1
                 _, _, weight = plan[shard]
                 handle = self.workers[worker]
@@ -134,7 +137,11 @@ class RayBackend:
             wait = 0.05
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic()))
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait)
+            if inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait)
+            else:  # nothing running: the next shard's rows are still streaming in
+                ready = []
+                job.wait_rows(plan[pending[0]][1], timeout=wait)
             if not is_active() or (deadline is not None and time.monotonic() >= deadline):
                 abandon(DeadlineExceeded("the call ended (deadline or cancellation); outstanding shards cancelled"))
             for ref in ready:

@@ -19,6 +19,7 @@ from gradwire.protos import gradwire_pb2 as pb
 from gradwire.protos import gradwire_pb2_grpc as pb_grpc
 from gradwire.server.backend import Backend, Job
 from gradwire.server.config import ServerConfig
+from gradwire.server.feed import BatchFeed, next_request
 from gradwire.server.jobs import JobManager
 from gradwire.server.status import DeadlineExceeded, JobNotDone, Overloaded, status_for
 from gradwire.server.store import GraphStore, Registered, SessionStore
@@ -101,7 +102,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     def _read_stream(self, requests, tensor_fields: tuple[str, ...], context=None):
         """The first message's header and the stream's assembled tensors."""
-        first = _next_request(requests, context)
+        first = next_request(requests, context)
         if first is None or not first.HasField("header"):
             raise GraphError("the first message of the stream must carry the header")
         assembler = Assembler(self.config.max_tensor_elements, self.config.max_request_bytes)
@@ -112,7 +113,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             for field in tensor_fields:
                 for chunk in getattr(message, field):
                     assembler.add(field, chunk)
-            message = _next_request(requests, context)
+            message = next_request(requests, context)
         return first.header, assembler
 
     # ------------------------------------------------------------------ gradients
@@ -126,15 +127,22 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         try:
             phases: dict[str, float] = {}
             t = time.perf_counter()
-            header, assembler = self._read_stream(requests, ("params", "batch"), context)
+            first = next_request(requests, context)
+            if first is None or not first.HasField("header"):
+                raise GraphError("the first message of the stream must carry the header")
+            header = first.header
             session = self.sessions.get(header.session_id) if header.session_id else None
+            reg = session.graph if session is not None else self._resolve(header)
+            # the batch streams in while shards already run (see feed.py)
+            feed = BatchFeed(first, requests, Assembler(self.config.max_tensor_elements, self.config.max_request_bytes),
+                             context).start(reg.program.graph.inputs)
             if session is not None:
-                reg, params, params_key = session.graph, session.params, f"{session.session_id}@{session.version}"
-                if assembler.result("params"):
+                params, params_key = session.params, f"{session.session_id}@{session.version}"
+                if feed.params():
                     raise GraphError("a session request carries no parameters; update the session instead")
             else:
-                reg, params, params_key = self._resolve(header), assembler.result("params"), call.request_id
-            batch = assembler.result("batch")
+                params, params_key = feed.params(), call.request_id
+            batch = feed.batch()
             call.graph_id = reg.graph_id
             program = reg.program
             phases["decode"] = _ms_since(t)
@@ -148,7 +156,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
                 raise GraphError(f"cannot fetch {unknown}: not values of the graph")
             wrt = tuple(header.wrt) or tuple(program.graph.params)
             job = Job(reg, params, params_key, batch, wrt + tuple(header.input_grads), tuple(header.fetch),
-                      header.shards or self.config.shards, self.config.check_finite)
+                      header.shards or self.config.shards, self.config.check_finite, feed)
             if header.wrt or header.input_grads:
                 program.backward_plan(job.wrt)  # rejects unknown names before scheduling
             phases["validate"] = _ms_since(t)
@@ -156,6 +164,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             deadline = _deadline(context)
             outcome = self.backend.compute(job, context.is_active, deadline)
             phases.update(outcome.phase_ms)
+            feed.finish()  # the whole stream arrived and checks out (lengths, extra tensors, bools)
         finally:
             self._slots.release()
         t = time.perf_counter()
@@ -264,22 +273,6 @@ def list_ops() -> pb.ListOpsResponse:
                                      default="" if a.required else repr(a.default)) for k, a in op.attrs.items()])
         for op in OPS.values()
     ])
-
-
-def _next_request(requests, context=None):
-    """The stream's next message (None at its end). When the call ends while the request is
-    streaming in (the client's deadline, a cancellation) gRPC raises a bare RpcError, or,
-    racing with it, ends the stream early: then the request is not complete, not invalid."""
-    ended = "the call ended (deadline or cancellation) while the request was streaming in"
-    try:
-        message = next(requests, None)
-    except grpc.RpcError:
-        raise DeadlineExceeded(ended) from None
-    if message is None and context is not None:
-        remaining = context.time_remaining()
-        if not context.is_active() or (remaining is not None and remaining <= 0):
-            raise DeadlineExceeded(ended)
-    return message
 
 
 def _ms_since(t: float) -> float:

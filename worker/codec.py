@@ -161,31 +161,71 @@ def graph_id(graph: GraphDef) -> str:
 def tensor_chunks(name: str, array: np.ndarray, chunk_bytes: int) -> Iterator[pb.TensorChunk]:
     """The pieces of one tensor, each at most ``chunk_bytes`` of data."""
     array = np.asarray(array)
+    return _pieces(name, array, [(0, max(1, _nbytes(array)))], chunk_bytes)
+
+
+def _nbytes(array: np.ndarray) -> int:
+    return array.size * array.dtype.itemsize
+
+
+def _pieces(name: str, array: np.ndarray, spans, chunk_bytes: int) -> Iterator[pb.TensorChunk]:
+    """The pieces covering byte ``spans`` of ``array``; the one at offset 0 declares it."""
     shape = array.shape  # before _little: ascontiguousarray turns a 0-d scalar into shape (1,)
     array = _little(array)
     raw = memoryview(array).cast("B") if array.size else memoryview(b"")
-    total = len(raw)
-    yield pb.TensorChunk(name=name, dtype=dtype_to_proto(array.dtype), shape=shape,
-                         offset=0, data=bytes(raw[:chunk_bytes]))
-    for offset in range(chunk_bytes, total, chunk_bytes):
-        yield pb.TensorChunk(name=name, offset=offset, data=bytes(raw[offset:offset + chunk_bytes]))
+    for start, stop in spans:
+        for offset in range(start, max(start + 1, stop), chunk_bytes):
+            data = bytes(raw[offset:min(stop, offset + chunk_bytes)])
+            if offset == 0:
+                yield pb.TensorChunk(name=name, dtype=dtype_to_proto(array.dtype), shape=shape, offset=0, data=data)
+            elif data:
+                yield pb.TensorChunk(name=name, offset=offset, data=data)
+
+
+def row_interleaved_chunks(tensors: dict[str, np.ndarray], chunk_bytes: int) -> Iterator[pb.TensorChunk]:
+    """The tensors' pieces, those sharing the largest tensor's leading dimension (the batch)
+    interleaved by blocks of rows: a receiver can start on the first examples while the
+    rest are still in flight. Other tensors go first, whole."""
+    arrays = {k: np.asarray(v) for k, v in tensors.items()}
+    batched = [k for k, v in arrays.items() if v.ndim]
+    if batched:
+        rows = arrays[max(batched, key=lambda k: _nbytes(arrays[k]))].shape[0]
+        batched = [k for k in batched if arrays[k].shape[0] == rows]
+    for name, array in arrays.items():
+        if name not in batched:
+            yield from tensor_chunks(name, array, chunk_bytes)
+    if not batched:
+        return
+    row_bytes = {k: _nbytes(arrays[k]) // max(1, rows) for k in batched}
+    block = max(1, chunk_bytes // max(1, sum(row_bytes.values())))
+    iters = [
+        (k, [(r * row_bytes[k], min(rows, r + block) * row_bytes[k]) for r in range(0, max(rows, 1), block)])
+        for k in batched
+    ]
+    for i in range(len(iters[0][1])):
+        for name, spans in iters:
+            yield from _pieces(name, arrays[name], [spans[i]], chunk_bytes)
 
 
 def stream_messages(make: Callable[..., object], first: dict, groups: dict[str, dict[str, np.ndarray]],
-                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator:
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, row_interleave: tuple[str, ...] = ()) -> Iterator:
     """Messages ``make(**fields)`` carrying ``first`` plus every tensor of ``groups``
-    (field name -> {tensor name -> array}), packing pieces up to ``chunk_bytes`` per message."""
+    (field name -> {tensor name -> array}), packing pieces up to ``chunk_bytes`` per message.
+    Groups named in ``row_interleave`` are sent row block by row block."""
     pending: dict[str, list] = {}
     size = 0
     header = dict(first)
     for field, tensors in groups.items():
-        for name, array in tensors.items():
-            for chunk in tensor_chunks(name, array, chunk_bytes):
-                if size and size + len(chunk.data) > chunk_bytes:
-                    yield make(**header, **pending)
-                    header, pending, size = {}, {}, 0
-                pending.setdefault(field, []).append(chunk)
-                size += len(chunk.data)
+        if field in row_interleave:
+            chunks = row_interleaved_chunks(tensors, chunk_bytes)
+        else:
+            chunks = (c for name, array in tensors.items() for c in tensor_chunks(name, array, chunk_bytes))
+        for chunk in chunks:
+            if size and size + len(chunk.data) > chunk_bytes:
+                yield make(**header, **pending)
+                header, pending, size = {}, {}, 0
+            pending.setdefault(field, []).append(chunk)
+            size += len(chunk.data)
     if pending or header:
         yield make(**header, **pending)
 
@@ -241,6 +281,20 @@ class Assembler:
                              f"continue the {part.filled} of {flat.size} bytes received")
         flat[part.filled:part.filled + len(chunk.data)] = np.frombuffer(chunk.data, np.uint8)
         part.filled += len(chunk.data)
+
+    def arrays(self, field: str) -> dict[str, np.ndarray]:
+        """The field's tensors declared so far, complete or not (filled in place as pieces arrive)."""
+        return {name: part.array for name, part in self._parts.get(field, {}).items()}
+
+    def rows_filled(self, field: str, name: str) -> int:
+        """How many leading rows of a declared tensor have fully arrived."""
+        part = self._parts[field][name]
+        complete = part.filled == part.array.nbytes
+        if part.array.ndim == 0:
+            return int(complete)
+        if complete:
+            return part.array.shape[0]
+        return part.filled // (part.array.nbytes // part.array.shape[0])
 
     def result(self, field: str) -> dict[str, np.ndarray]:
         out = {}
