@@ -26,6 +26,9 @@ from gradwire.bench.timing import Contention, blas_info, busy_warning, format_ta
 # Each module registers its workloads on import; add one line per new module.
 WORKLOAD_MODULES = (
     "gradwire.bench.workloads_core",
+    "gradwire.bench.workloads_service",
+    "gradwire.bench.workloads_ray",
+    "gradwire.bench.workloads_train",
 )
 
 
