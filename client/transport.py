@@ -9,14 +9,15 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
 from gradwire.client.errors import DeadlineExceeded, GradwireError, from_status
-from gradwire.protos import gradwire_pb2_grpc as pb_grpc
+from gradwire.protos import gradwire_pb2 as pb
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+_SERVICE = pb.DESCRIPTOR.services_by_name["Gradwire"]
 
 
 class Transport:
@@ -28,17 +29,31 @@ class Transport:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ])
-        self.stub = pb_grpc.GradwireStub(self.channel)
         self.bytes_sent = 0  # serialized request bytes, all calls (attempts included)
         self.bytes_received = 0
+        self._calls = {name: self._multicallable(method) for name, method in _SERVICE.methods_by_name.items()}
 
     def close(self) -> None:
         self.channel.close()
 
-    def _count_out(self, messages: Iterable) -> Iterator:
-        for message in messages:
-            self.bytes_sent += message.ByteSize()
-            yield message
+    def _multicallable(self, method):
+        """A call whose (de)serializers count the bytes that really cross the wire, at no
+        extra cost (``ByteSize()`` would encode every message a second time)."""
+        response_cls = getattr(pb, method.output_type.name)
+        kind = {(False, False): self.channel.unary_unary, (True, False): self.channel.stream_unary,
+                (False, True): self.channel.unary_stream, (True, True): self.channel.stream_stream}
+        return kind[method.client_streaming, method.server_streaming](
+            f"/{_SERVICE.full_name}/{method.name}", request_serializer=self._serialize,
+            response_deserializer=lambda data: self._deserialize(response_cls, data))
+
+    def _serialize(self, message) -> bytes:
+        data = message.SerializeToString()
+        self.bytes_sent += len(data)
+        return data
+
+    def _deserialize(self, cls, data: bytes):
+        self.bytes_received += len(data)
+        return cls.FromString(data)
 
     def call(self, method: str, request: Callable[[], object], *, stream_in: bool = False,
              stream_out: bool = False, timeout: float | None = None):
@@ -49,20 +64,14 @@ class Transport:
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         metadata = (("gradwire-request-id", uuid.uuid4().hex[:12]),)
-        rpc = getattr(self.stub, method)
+        rpc = self._calls[method]
         for attempt in range(1, self.max_attempts + 1):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"{method}: deadline of {timeout}s passed before the call completed")
             try:
-                payload = request()
-                if stream_in:
-                    payload = self._count_out(payload)
-                else:
-                    self.bytes_sent += payload.ByteSize()
-                response = rpc(payload, timeout=remaining, metadata=metadata)
+                response = rpc(request(), timeout=remaining, metadata=metadata)
                 if not stream_out:
-                    self.bytes_received += response.ByteSize()
                     return response
                 first = next(response, None)  # the server has finished its work once this arrives
                 return self._rest(method, first, response)
@@ -79,19 +88,14 @@ class Transport:
     def _rest(self, method: str, first, response) -> Iterator:
         try:
             if first is not None:
-                self.bytes_received += first.ByteSize()
                 yield first
-            for message in response:
-                self.bytes_received += message.ByteSize()
-                yield message
+            yield from response
         except grpc.RpcError as exc:
             raise from_status(exc.code(), f"{method}: {exc.details() or ''}") from None
 
     def stream(self, method: str, request) -> Iterator:
         """A server-streaming call's messages as they arrive (no retry: callers resume)."""
         try:
-            for message in getattr(self.stub, method)(request, timeout=None):
-                self.bytes_received += message.ByteSize()
-                yield message
+            yield from self._calls[method](request, timeout=None)
         except grpc.RpcError as exc:
             raise from_status(exc.code(), f"{method}: {exc.details() or ''}") from None

@@ -308,6 +308,9 @@ class JobManager:
         except Exception as exc:  # noqa: BLE001 - a failed job reports, the server goes on
             if self._stopping.is_set():
                 return
+            if run.cancel_requested:  # the backend gave up its step because we cancelled it
+                self._set_state(run, "cancelled")
+                return
             log.exception("job %s failed", spec.job_id)
             run.error = str(exc)
             self._set_state(run, "failed")
