@@ -101,16 +101,18 @@ class Client:
         params = _arrays(params or {})
         batch = _arrays(batch)
 
+        small = sum(a.nbytes for a in (*params.values(), *batch.values())) <= self.chunk_bytes // 2
+
         def send(ref):
             header = pb.ComputeHeader(**({} if session_id else ref), session_id=session_id, wrt=wrt or (),
                                       input_grads=input_grads, fetch=fetch,
                                       shards=self.shards if shards is None else shards)
-            return self.transport.call(
-                "ValueAndGrad",
-                lambda: stream_messages(pb.ComputeRequest, {"header": header},
-                                        {"params": params, "batch": batch}, self.chunk_bytes,
-                                        row_interleave=("batch",)),  # the server starts shards early
-                stream_in=True, stream_out=True, timeout=timeout)
+            messages = lambda: stream_messages(  # noqa: E731
+                pb.ComputeRequest, {"header": header}, {"params": params, "batch": batch}, self.chunk_bytes,
+                row_interleave=("batch",))  # the server starts shards as their rows arrive
+            if small:  # one message each way: a unary call halves gRPC's per-call overhead
+                return [self.transport.call("Compute", lambda: next(messages()), timeout=timeout)]
+            return self.transport.call("ValueAndGrad", messages, stream_in=True, stream_out=True, timeout=timeout)
 
         messages = send({}) if session_id else self._with_graph(graph, send)
         assembler = Assembler()

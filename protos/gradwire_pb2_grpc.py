@@ -44,6 +44,11 @@ class GradwireStub:
                 request_serializer=gradwire_dot_protos_dot_gradwire__pb2.ComputeRequest.SerializeToString,
                 response_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ComputeResponse.FromString,
                 _registered_method=True)
+        self.Compute = channel.unary_unary(
+                '/gradwire.v1.Gradwire/Compute',
+                request_serializer=gradwire_dot_protos_dot_gradwire__pb2.ComputeRequest.SerializeToString,
+                response_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ComputeResponse.FromString,
+                _registered_method=True)
         self.CreateSession = channel.stream_unary(
                 '/gradwire.v1.Gradwire/CreateSession',
                 request_serializer=gradwire_dot_protos_dot_gradwire__pb2.SessionRequest.SerializeToString,
@@ -107,6 +112,13 @@ class GradwireServicer:
 
     def ValueAndGrad(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Compute(self, request, context):
+        """The same for a request that fits in one message: a unary call costs half the round trip.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -181,6 +193,11 @@ def add_GradwireServicer_to_server(servicer, server):
             ),
             'ValueAndGrad': grpc.stream_stream_rpc_method_handler(
                     servicer.ValueAndGrad,
+                    request_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ComputeRequest.FromString,
+                    response_serializer=gradwire_dot_protos_dot_gradwire__pb2.ComputeResponse.SerializeToString,
+            ),
+            'Compute': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compute,
                     request_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ComputeRequest.FromString,
                     response_serializer=gradwire_dot_protos_dot_gradwire__pb2.ComputeResponse.SerializeToString,
             ),
@@ -287,6 +304,33 @@ class Gradwire:
             request_iterator,
             target,
             '/gradwire.v1.Gradwire/ValueAndGrad',
+            gradwire_dot_protos_dot_gradwire__pb2.ComputeRequest.SerializeToString,
+            gradwire_dot_protos_dot_gradwire__pb2.ComputeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Gradwire/Compute',
             gradwire_dot_protos_dot_gradwire__pb2.ComputeRequest.SerializeToString,
             gradwire_dot_protos_dot_gradwire__pb2.ComputeResponse.FromString,
             options,

@@ -70,6 +70,7 @@ class Outcome:
 
 class Backend(Protocol):
     name: str
+    default_shards: int  # micro-shards per request when neither the request nor the config says
 
     def compute(self, job: Job, is_active: Callable[[], bool], deadline: float | None) -> Outcome: ...
 
@@ -80,6 +81,7 @@ class LocalBackend:
     """Shards run one after another in the server process, on the same plan as Ray's."""
 
     name = "local"
+    default_shards = 1  # sequential shards buy nothing in one process; 1 matches gw.local()
 
     def compute(self, job: Job, is_active: Callable[[], bool], deadline: float | None) -> Outcome:
         program = job.graph.program

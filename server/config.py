@@ -19,7 +19,9 @@ class ServerConfig:
     worker_cpus: float = 1.0  # CPUs each Ray actor reserves
     blas_threads: int = 1  # BLAS threads per Ray actor
     ray_address: str = ""  # "" starts a local Ray on loopback; "auto" or host:port joins one
-    shards: int = 8  # micro-shards per request unless the request says otherwise
+    # micro-shards per request unless the request says otherwise; 0: the backend's default
+    # (ray: 8, to spread over workers; local: 1, as gw.local(), which it then matches bitwise)
+    shards: int = 0
     max_message_bytes: int = 64 << 20  # per gRPC message, both directions
     chunk_bytes: int = 4 << 20  # tensor bytes per streamed message
     max_request_bytes: int = 8 << 30  # tensor bytes per request

@@ -31,9 +31,13 @@ class BatchFeed:
         self._inputs: dict[str, TensorSpec] = {}
         self._thread = threading.Thread(target=self._read, name="gradwire-feed", daemon=True)
 
-    def start(self, inputs: dict[str, TensorSpec]) -> "BatchFeed":
+    def start(self, inputs: dict[str, TensorSpec], inline: bool = False) -> "BatchFeed":
+        """Begin reading; ``inline`` reads the whole stream now, in this thread (a unary call)."""
         self._inputs = inputs
-        self._thread.start()
+        if inline:
+            self._read()
+        else:
+            self._thread.start()
         return self
 
     # ------------------------------------------------------------------ the reader thread

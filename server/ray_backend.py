@@ -48,6 +48,7 @@ def init_ray(config: ServerConfig) -> bool:
 
 class RayBackend:
     name = "ray"
+    default_shards = 8  # enough to balance load over a few workers; independent of their number
 
     def __init__(self, config: ServerConfig):
         self.config = config

@@ -52,7 +52,8 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         self.graphs = GraphStore(config.limits, config.max_graphs)
         self.sessions = SessionStore(config.max_sessions)
         self._slots = threading.BoundedSemaphore(config.max_concurrent)
-        self.jobs = JobManager(config.job_dir, backend, self.graphs, config.shards, config.check_finite)
+        self.default_shards = config.shards or backend.default_shards
+        self.jobs = JobManager(config.job_dir, backend, self.graphs, self.default_shards, config.check_finite)
 
     # ------------------------------------------------------------------ error mapping
 
@@ -72,7 +73,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             response = fn(call)
         except Exception as exc:  # noqa: BLE001 - mapped through the status table
             self._fail(call, context, exc)
-        call.log("OK")
+        call.log(_ended_status(context))
         return response
 
     def _streaming(self, method: str, context, fn) -> Iterator:
@@ -81,7 +82,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             yield from fn(call)
         except Exception as exc:  # noqa: BLE001 - mapped through the status table
             self._fail(call, context, exc)
-        call.log("OK" if context.is_active() else "CANCELLED")
+        call.log(_ended_status(context))
 
     # ------------------------------------------------------------------ graphs
 
@@ -121,7 +122,15 @@ class GradwireServicer(pb_grpc.GradwireServicer):
     def ValueAndGrad(self, request_iterator, context):
         return self._streaming("ValueAndGrad", context, lambda call: self._value_and_grad(call, request_iterator, context))
 
-    def _value_and_grad(self, call: _Call, requests, context):
+    def Compute(self, request, context):
+        def run(call):
+            response = pb.ComputeResponse()
+            for message in self._value_and_grad(call, iter((request,)), context, inline=True):
+                response.MergeFrom(message)
+            return response
+        return self._unary("Compute", context, run)
+
+    def _value_and_grad(self, call: _Call, requests, context, inline: bool = False):
         if not self._slots.acquire(blocking=False):
             raise Overloaded(f"server is at its limit of {self.config.max_concurrent} concurrent requests")
         try:
@@ -135,7 +144,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             reg = session.graph if session is not None else self._resolve(header)
             # the batch streams in while shards already run (see feed.py)
             feed = BatchFeed(first, requests, Assembler(self.config.max_tensor_elements, self.config.max_request_bytes),
-                             context).start(reg.program.graph.inputs)
+                             context).start(reg.program.graph.inputs, inline)
             if session is not None:
                 params, params_key = session.params, f"{session.session_id}@{session.version}"
                 if feed.params():
@@ -156,7 +165,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
                 raise GraphError(f"cannot fetch {unknown}: not values of the graph")
             wrt = tuple(header.wrt) or tuple(program.graph.params)
             job = Job(reg, params, params_key, batch, wrt + tuple(header.input_grads), tuple(header.fetch),
-                      header.shards or self.config.shards, self.config.check_finite, feed)
+                      header.shards or self.default_shards, self.config.check_finite, feed)
             if header.wrt or header.input_grads:
                 program.backward_plan(job.wrt)  # rejects unknown names before scheduling
             phases["validate"] = _ms_since(t)
@@ -273,6 +282,14 @@ def list_ops() -> pb.ListOpsResponse:
                                      default="" if a.required else repr(a.default)) for k, a in op.attrs.items()])
         for op in OPS.values()
     ])
+
+
+def _ended_status(context: grpc.ServicerContext) -> str:
+    """How a call that the handler finished really ended: the client may be gone already."""
+    if context.is_active():
+        return "OK"
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
 def _ms_since(t: float) -> float:

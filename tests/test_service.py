@@ -31,7 +31,7 @@ DTYPES = ("float32", "float64")
 @pytest.fixture(scope="module")
 def address(start_server):
     """One shared server with the default config (8 micro-shards per request)."""
-    _, address = start_server()
+    _, address = start_server(shards=8)
     return address
 
 
@@ -428,8 +428,8 @@ def test_reflection_lists_the_service(address):
 def test_each_request_is_logged_once(client, example_graph, caplog):
     graph, params, batch = example_graph("seed", n=9)
     caplog.set_level(logging.INFO, logger="gradwire.server")
-    client.value_and_grad(graph, params, batch)
-    lines = [r.getMessage() for r in caplog.records if "method=ValueAndGrad" in r.getMessage()]
+    client.value_and_grad(graph, params, batch)  # small: the unary Compute call
+    lines = [r.getMessage() for r in caplog.records if "method=Compute" in r.getMessage()]
     assert len(lines) == 1
     assert f"graph={graph.id}" in lines[0] and "batch=9" in lines[0] and "status=OK" in lines[0]
     assert lines[0].startswith("request=") and " ms=" in lines[0]
@@ -453,7 +453,7 @@ class _FlakyBackend(LocalBackend):
 
 def test_client_retries_unavailable_from_the_server(start_server, example_graph):
     backend = _FlakyBackend(failures=2)
-    _, address = start_server(backend=backend)
+    _, address = start_server(backend=backend, shards=8)
     graph, params, batch = example_graph("mlp")
     with gw.connect(address, timeout=20) as c:
         loss, grads = c.value_and_grad(graph, params, batch)
