@@ -8,6 +8,7 @@ request with no analysis beyond a metadata-only shape check of the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 import numpy as np
 
 from gradwire.worker.graph import GraphDef
@@ -37,6 +38,7 @@ class _Backward:
     saved_last_use: dict[str, int]  # value -> the backward position after which it is dead
 
 
+@lru_cache(maxsize=4096)  # read-only views: safe to share, and cheaper than rebuilding per call
 def _placeholder(spec: TensorSpec) -> np.ndarray:
     # A freed activation's stand-in: right shape and dtype, no memory. VJPs that declared
     # they do not save a value only ever read its shape.
@@ -57,6 +59,7 @@ class Program:
             for ref in node.inputs:
                 self.forward_last_use[ref] = i
         self._backward_plans: dict[tuple[str, ...], _Backward] = {}
+        self._bound: dict[tuple[TensorSpec, ...], dict[str, TensorSpec]] = {}
 
     # ------------------------------------------------------------------ checks
 
@@ -85,8 +88,16 @@ class Program:
         if batch_sizes and not any(batch_sizes.values()) and g.batch_reduction == "mean":
             raise GraphError(f"empty batch: batch input(s) {sorted(batch_sizes)} hold 0 examples; "
                              "a mean over 0 examples is undefined")
-        sources.update({n: TensorSpec.of(v) for n, v in g.constants.items()})
-        specs, _ = infer(g, self.order, sources, self.limits)
+        # Inference depends only on the source shapes, which repeat from request to request:
+        # remember the last few answers (their limits were checked when first computed).
+        key = tuple(sources.values())
+        specs = self._bound.get(key)
+        if specs is None:
+            sources.update({n: TensorSpec.of(v) for n, v in g.constants.items()})
+            specs, _ = infer(g, self.order, sources, self.limits)
+            if len(self._bound) >= 8:  # a handful of shapes in use; clear() is thread-safe
+                self._bound.clear()
+            self._bound[key] = specs
         return specs
 
     # ------------------------------------------------------------------ backward plan
