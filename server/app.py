@@ -27,6 +27,21 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
             ("grpc.max_receive_message_length", max_message_bytes)]
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to serve blocks up to 32 MiB from its heap and keep freed memory instead of
+    returning it to the OS. Message buffers of a few MiB are allocated and freed on every
+    request; fresh pages from the OS cost a page fault each on first touch, which made
+    copies into new buffers 2-3x slower than into reused ones. False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def make_backend(config: ServerConfig) -> Backend:
     if config.backend == "local":
         return LocalBackend()
@@ -41,6 +56,8 @@ class GradwireServer:
 
     def __init__(self, config: ServerConfig, backend: Backend | None = None):
         self.config = config
+        if config.keep_freed_memory:
+            keep_freed_memory()
         self.backend = backend or make_backend(config)
         self.servicer = GradwireServicer(config, self.backend)
         # room beyond max_concurrent so health checks and cheap calls are always answered

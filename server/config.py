@@ -34,6 +34,7 @@ class ServerConfig:
     grace_seconds: float = 30.0  # on SIGTERM, how long in-flight calls may finish
     max_retries: int = 3  # per shard, when a worker dies (Ray backend)
     pipeline_depth: int = 2  # shards queued per Ray worker at once
+    keep_freed_memory: bool = True  # glibc: reuse freed buffers rather than fault in fresh pages
     job_dir: str = os.path.join(tempfile.gettempdir(), "gradwire-jobs")  # job data and checkpoints
 
     @property

@@ -356,7 +356,7 @@ def test_sdk_raises_not_found(client):
 
 
 def _heavy(layers=4, width=256, n=2048):
-    """About a second of matmuls on two idle cores (8 micro-shards) from a 2 MB request."""
+    """A request heavy in matmuls: (4, 256, 2048) is about 0.1 s on two idle cores, 2 MB."""
     g = gw.Graph()
     x, w = g.input("x", (None, width)), g.param("W", (width, width))
     h = x
@@ -384,11 +384,14 @@ def test_sdk_raises_deadline_exceeded(client, caplog, where):
     the deadline passes): the client gets DeadlineExceeded in time, the server logs the
     request as DEADLINE_EXCEEDED (not as an internal error) and keeps serving."""
     caplog.set_level(logging.INFO, logger="gradwire.server")
-    g, params, batch = _heavy() if where == "compute" else _heavy(layers=1, width=256, n=65536)
+    g, params, batch = _heavy(layers=6, width=512, n=4096) if where == "compute" else _heavy(layers=1, width=256, n=65536)
     client.register(g)
     start = time.monotonic()
+    # compute: long enough for the handler to start even on a busy machine, far shorter than
+    # the work; the server gives up between shards
+    timeout = 0.25 if where == "compute" else 0.05
     with pytest.raises(gw.DeadlineExceeded) as err:
-        client.run(g, params, batch, timeout=0.05, shards=8)  # the server gives up between shards
+        client.run(g, params, batch, timeout=timeout, shards=8)
     assert time.monotonic() - start < 1.0
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     lines = _wait_for_log(caplog, lambda m: ("method=ValueAndGrad" in m or "method=Compute" in m)
@@ -437,7 +440,7 @@ def test_concurrency_limit_rejects_the_second_request(start_server):
 
 def test_concurrency_limit_with_two_heavy_requests(start_server):
     _, address = start_server(max_concurrent=1)
-    g, params, batch = _heavy()
+    g, params, batch = _heavy(layers=6, width=512, n=4096)  # ~1.5 s: the two surely overlap
     with gw.connect(address) as c:
         c.register(g)
     barrier = threading.Barrier(2)

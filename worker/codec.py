@@ -161,15 +161,16 @@ def graph_id(graph: GraphDef) -> str:
 def tensor_chunks(name: str, array: np.ndarray, chunk_bytes: int) -> Iterator[pb.TensorChunk]:
     """The pieces of one tensor, each at most ``chunk_bytes`` of data."""
     array = np.asarray(array)
-    return _pieces(name, array, [(0, max(1, _nbytes(array)))], chunk_bytes)
+    return (chunk for chunk, _ in _pieces(name, array, [(0, max(1, _nbytes(array)))], chunk_bytes))
 
 
 def _nbytes(array: np.ndarray) -> int:
     return array.size * array.dtype.itemsize
 
 
-def _pieces(name: str, array: np.ndarray, spans, chunk_bytes: int) -> Iterator[pb.TensorChunk]:
-    """The pieces covering byte ``spans`` of ``array``; the one at offset 0 declares it."""
+def _pieces(name: str, array: np.ndarray, spans, chunk_bytes: int) -> Iterator[tuple[pb.TensorChunk, int]]:
+    """(piece, its byte count) covering byte ``spans`` of ``array``; the one at offset 0
+    declares the tensor."""
     shape = array.shape  # before _little: ascontiguousarray turns a 0-d scalar into shape (1,)
     array = _little(array)
     raw = memoryview(array).cast("B") if array.size else memoryview(b"")
@@ -177,12 +178,13 @@ def _pieces(name: str, array: np.ndarray, spans, chunk_bytes: int) -> Iterator[p
         for offset in range(start, max(start + 1, stop), chunk_bytes):
             data = bytes(raw[offset:min(stop, offset + chunk_bytes)])
             if offset == 0:
-                yield pb.TensorChunk(name=name, dtype=dtype_to_proto(array.dtype), shape=shape, offset=0, data=data)
+                yield pb.TensorChunk(name=name, dtype=dtype_to_proto(array.dtype), shape=shape, offset=0,
+                                     data=data), len(data)
             elif data:
-                yield pb.TensorChunk(name=name, offset=offset, data=data)
+                yield pb.TensorChunk(name=name, offset=offset, data=data), len(data)
 
 
-def row_interleaved_chunks(tensors: dict[str, np.ndarray], chunk_bytes: int) -> Iterator[pb.TensorChunk]:
+def row_interleaved_chunks(tensors: dict[str, np.ndarray], chunk_bytes: int) -> Iterator[tuple[pb.TensorChunk, int]]:
     """The tensors' pieces, those sharing the largest tensor's leading dimension (the batch)
     interleaved by blocks of rows: a receiver can start on the first examples while the
     rest are still in flight. Other tensors go first, whole."""
@@ -193,7 +195,7 @@ def row_interleaved_chunks(tensors: dict[str, np.ndarray], chunk_bytes: int) -> 
         batched = [k for k in batched if arrays[k].shape[0] == rows]
     for name, array in arrays.items():
         if name not in batched:
-            yield from tensor_chunks(name, array, chunk_bytes)
+            yield from _pieces(name, array, [(0, max(1, _nbytes(array)))], chunk_bytes)
     if not batched:
         return
     row_bytes = {k: _nbytes(arrays[k]) // max(1, rows) for k in batched}
@@ -219,13 +221,14 @@ def stream_messages(make: Callable[..., object], first: dict, groups: dict[str, 
         if field in row_interleave:
             chunks = row_interleaved_chunks(tensors, chunk_bytes)
         else:
-            chunks = (c for name, array in tensors.items() for c in tensor_chunks(name, array, chunk_bytes))
-        for chunk in chunks:
-            if size and size + len(chunk.data) > chunk_bytes:
+            chunks = (c for name, array in tensors.items()
+                      for c in _pieces(name, np.asarray(array), [(0, max(1, _nbytes(np.asarray(array))))], chunk_bytes))
+        for chunk, nbytes in chunks:
+            if size and size + nbytes > chunk_bytes:
                 yield make(**header, **pending)
                 header, pending, size = {}, {}, 0
             pending.setdefault(field, []).append(chunk)
-            size += len(chunk.data)
+            size += nbytes
     if pending or header:
         yield make(**header, **pending)
 
@@ -246,9 +249,11 @@ class Assembler:
         self._parts: dict[str, dict[str, _Partial]] = {}
 
     def add(self, field: str, chunk: pb.TensorChunk) -> None:
+        # NOTE: every read of a protobuf bytes field copies it; read `data` once per piece.
+        data = chunk.data
         parts = self._parts.setdefault(field, {})
         what = f"{field} tensor {chunk.name!r}"
-        self.total_bytes += len(chunk.data)
+        self.total_bytes += len(data)
         if self.total_bytes > self.max_bytes:
             raise LimitError(f"request carries more than {self.max_bytes} bytes of tensors (at {what})")
         if chunk.offset == 0:
@@ -257,30 +262,23 @@ class Assembler:
             dtype = dtype_from_proto(chunk.dtype, what)
             shape = _checked_shape(chunk.shape, what, self.max_elements)
             nbytes = num_elements(shape) * dtype.itemsize
-            if len(chunk.data) > nbytes:
-                raise GraphError(f"{what}: {dtype.name}{list(shape)} needs {nbytes} bytes, got at least {len(chunk.data)}")
+            if len(data) > nbytes:
+                raise GraphError(f"{what}: {dtype.name}{list(shape)} needs {nbytes} bytes, got at least {len(data)}")
             if nbytes > self.max_bytes:
                 raise LimitError(f"{what}: {dtype.name}{list(shape)} needs {nbytes} bytes; the limit is {self.max_bytes}")
-            if len(chunk.data) == nbytes:
-                parts[chunk.name] = _Partial(_from_bytes(chunk.data, dtype, shape, what), nbytes, whole=True)
+            if len(data) == nbytes:
+                parts[chunk.name] = _Partial(_from_bytes(data, dtype, shape, what), nbytes, whole=True)
                 return
-            array = np.empty(shape, dtype)
-            parts[chunk.name] = _Partial(array, 0)
-            self._fill(parts[chunk.name], chunk, what)
-            return
+            parts[chunk.name] = _Partial(np.empty(shape, dtype), 0)
         part = parts.get(chunk.name)
         if part is None:
             raise GraphError(f"{what}: piece at offset {chunk.offset} before its first piece")
-        self._fill(part, chunk, what)
-
-    @staticmethod
-    def _fill(part: _Partial, chunk: pb.TensorChunk, what: str) -> None:
         flat = part.array.reshape(-1).view(np.uint8)
-        if chunk.offset != part.filled or part.filled + len(chunk.data) > flat.size:
-            raise GraphError(f"{what}: piece at offset {chunk.offset} with {len(chunk.data)} bytes does not "
+        if chunk.offset != part.filled or part.filled + len(data) > flat.size:
+            raise GraphError(f"{what}: piece at offset {chunk.offset} with {len(data)} bytes does not "
                              f"continue the {part.filled} of {flat.size} bytes received")
-        flat[part.filled:part.filled + len(chunk.data)] = np.frombuffer(chunk.data, np.uint8)
-        part.filled += len(chunk.data)
+        flat[part.filled:part.filled + len(data)] = np.frombuffer(data, np.uint8)
+        part.filled += len(data)
 
     def arrays(self, field: str) -> dict[str, np.ndarray]:
         """The field's tensors declared so far, complete or not (filled in place as pieces arrive)."""
