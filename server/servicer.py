@@ -145,8 +145,10 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             # the batch streams in while shards already run (see feed.py)
             feed = BatchFeed(first, requests, Assembler(self.config.max_tensor_elements, self.config.max_request_bytes),
                              context).start(reg.program.graph.inputs, inline)
+            version = 0
             if session is not None:
-                params, params_key = session.params, f"{session.session_id}@{session.version}"
+                params, version = session.snapshot  # one read: an update may land meanwhile
+                params_key = f"{session.session_id}@{version}"
                 if feed.params():
                     raise GraphError("a session request carries no parameters; update the session instead")
             else:
@@ -196,7 +198,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         )
         previous.summary.CopyFrom(pb.ComputeSummary(
             loss=result.loss, graph_id=reg.graph_id, request_id=call.request_id, info=info,
-            session_version=session.version if session else 0))
+            session_version=version))
         yield previous
 
     # ------------------------------------------------------------------ sessions
@@ -223,10 +225,9 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         def run(call):
             session = self.sessions.get(request.session_id)
             call.graph_id = session.graph.graph_id
-            info = pb.SessionInfo(session_id=session.session_id, graph_id=session.graph.graph_id,
-                                  version=session.version)
-            yield from stream_messages(pb.ParamsChunk, {"info": info}, {"params": session.params},
-                                       self.config.chunk_bytes)
+            params, version = session.snapshot
+            info = pb.SessionInfo(session_id=session.session_id, graph_id=session.graph.graph_id, version=version)
+            yield from stream_messages(pb.ParamsChunk, {"info": info}, {"params": params}, self.config.chunk_bytes)
         return self._streaming("GetSessionParams", context, run)
 
     def CloseSession(self, request, context):

@@ -61,8 +61,17 @@ class GraphStore:
 class Session:
     session_id: str
     graph: Registered
-    params: dict[str, np.ndarray]  # replaced whole on update: readers hold a consistent snapshot
-    version: int
+    # (params, version), replaced whole on update: one read gives a consistent pair, which
+    # matters because workers cache parameters by version
+    snapshot: tuple[dict[str, np.ndarray], int]
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return self.snapshot[0]
+
+    @property
+    def version(self) -> int:
+        return self.snapshot[1]
 
 
 class SessionStore:
@@ -74,7 +83,7 @@ class SessionStore:
 
     def create(self, graph: Registered, params: dict[str, np.ndarray]) -> Session:
         check_params(graph.program, params, partial=False)
-        session = Session("s-" + uuid.uuid4().hex, graph, dict(params), next(self._versions))
+        session = Session("s-" + uuid.uuid4().hex, graph, (dict(params), next(self._versions)))
         with self._lock:
             self._items[session.session_id] = session
             while len(self._items) > self.capacity:
@@ -93,8 +102,7 @@ class SessionStore:
         session = self.get(session_id)
         check_params(session.graph.program, params, partial=True)
         with self._lock:
-            session.params = {**session.params, **params}
-            session.version = next(self._versions)
+            session.snapshot = ({**session.params, **params}, next(self._versions))
         return session
 
     def close(self, session_id: str) -> None:
