@@ -21,7 +21,7 @@ from gradwire.server.backend import Backend, Job
 from gradwire.server.config import ServerConfig
 from gradwire.server.feed import BatchFeed, next_request
 from gradwire.server.jobs import JobManager
-from gradwire.server.status import DeadlineExceeded, JobNotDone, Overloaded, status_for
+from gradwire.server.status import JobNotDone, Overloaded, status_for
 from gradwire.server.store import GraphStore, Registered, SessionStore
 from gradwire.worker.codec import Assembler, stream_messages
 from gradwire.worker.ops import OPS

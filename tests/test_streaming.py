@@ -3,7 +3,6 @@ that have arrived; any chunk order is still correct; parameters must precede the
 
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
