@@ -24,7 +24,7 @@ from gradwire.server.backend import Job, Outcome, ShardRecord  # noqa: E402
 from gradwire.server.config import ServerConfig  # noqa: E402
 from gradwire.server.status import DeadlineExceeded, WorkersUnavailable  # noqa: E402
 from gradwire.worker.ray_worker import ShardWorker  # noqa: E402
-from gradwire.worker.shards import combine  # noqa: E402
+from gradwire.worker.shards import aligned_blocks, combine  # noqa: E402
 from gradwire.worker.validate import GraphError  # noqa: E402
 
 log = logging.getLogger("gradwire.server")
@@ -100,21 +100,39 @@ class RayBackend:
             cache.move_to_end(key)
         return ref
 
+    def _block_size(self, n_shards: int, fetch: tuple[str, ...]) -> int:
+        """Shards per task: enough tasks to keep every worker's pipeline full, and no more,
+        since each task costs a round trip, an object-store put and a gradient-sized result.
+        Fetched outputs are stacked per shard, so requests with fetches go shard by shard."""
+        if fetch:
+            return 1
+        slots = max(1, len(self.workers) * self.config.pipeline_depth)
+        block = 1
+        while block * 2 * slots <= n_shards:
+            block *= 2
+        return block
+
     def compute(self, job: Job, is_active: Callable[[], bool], deadline: float | None) -> Outcome:
         t0 = time.perf_counter()
         plan = job.plan()
+        fetched = job.fetch or job.graph.program.graph.outputs
+        units = aligned_blocks(len(plan), self._block_size(len(plan), fetched))
         graph_ref = self._cached_put(self._graph_refs, job.graph.graph_id, lambda: job.graph.proto_bytes, 64)
         params_ref = self._cached_put(self._param_refs, job.params_key, lambda: job.params, 4)
-        shard_refs: list = [None] * len(plan)  # each shard is put once, when its rows are in; retries reuse it
+        unit_refs: list = [None] * len(units)  # each unit's rows are put once, when they are in; retries reuse it
         t1 = time.perf_counter()
 
-        pending = deque(range(len(plan)))
-        # Each worker holds up to `pipeline_depth` shards, so it starts the next one while the
-        # driver is still collecting the last: no idle round trip between shards.
+        def rows(unit: int) -> tuple[int, int]:
+            first, last = units[unit]
+            return plan[first][0], plan[last - 1][1]
+
+        pending = deque(range(len(units)))
+        # Each worker holds up to `pipeline_depth` units, so it starts the next one while the
+        # driver is still collecting the last: no idle round trip in between.
         idle = deque(w for _ in range(self.config.pipeline_depth) for w in range(len(self.workers)))
         inflight: dict[ray.ObjectRef, tuple[int, int, object]] = {}
-        attempts = [0] * len(plan)
-        results: list = [None] * len(plan)
+        attempts = [0] * len(units)
+        results: list = [None] * len(units)
         records: list = [None] * len(plan)
 
         def abandon(exc: BaseException):
@@ -123,52 +141,54 @@ class RayBackend:
             raise exc
 
         while pending or inflight:
-            while pending and idle and job.rows_ready(plan[pending[0]][1]):
-                shard, worker = pending.popleft(), idle.popleft()
-                if shard_refs[shard] is None:
-                    start, stop, _ = plan[shard]
-                    shard_refs[shard] = ray.put(job.shard(start, stop))
-                attempts[shard] += 1
-                _, _, weight = plan[shard]
+            while pending and idle and job.rows_ready(rows(pending[0])[1]):
+                unit, worker = pending.popleft(), idle.popleft()
+                if unit_refs[unit] is None:
+                    unit_refs[unit] = ray.put(job.shard(*rows(unit)))
+                attempts[unit] += 1
+                first, last = units[unit]
                 handle = self.workers[worker]
-                ref = handle.run_shard.remote(
-                    job.graph.graph_id, [graph_ref], job.params_key, [params_ref], shard_refs[shard], weight,
+                ref = handle.run_shards.remote(
+                    job.graph.graph_id, [graph_ref], job.params_key, [params_ref], unit_refs[unit],
+                    [plan[i][:2] for i in range(first, last)], [plan[i][2] for i in range(first, last)],
                     job.wrt, job.fetch, job.check_finite, job.graph.program.limits)
-                inflight[ref] = (shard, worker, handle)
+                inflight[ref] = (unit, worker, handle)
             wait = 0.05
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic()))
             if inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait)
-            else:  # nothing running: the next shard's rows are still streaming in
+            else:  # nothing running: the next unit's rows are still streaming in
                 ready = []
-                job.wait_rows(plan[pending[0]][1], timeout=wait)
+                job.wait_rows(rows(pending[0])[1], timeout=wait)
             if not is_active() or (deadline is not None and time.monotonic() >= deadline):
                 abandon(DeadlineExceeded("the call ended (deadline or cancellation); outstanding shards cancelled"))
             for ref in ready:
-                shard, worker, handle = inflight.pop(ref)
+                unit, worker, handle = inflight.pop(ref)
                 try:
-                    result, info = ray.get(ref, timeout=60)
+                    result, infos = ray.get(ref, timeout=60)
                 except _LOST + (GetTimeoutError,):
                     self._replace(worker, handle)
                     idle.append(worker)
-                    if attempts[shard] > self.config.max_retries:
-                        abandon(WorkersUnavailable(
-                            f"shard {shard} failed on {attempts[shard]} workers in a row; giving up"))
-                    pending.appendleft(shard)
+                    if attempts[unit] > self.config.max_retries:
+                        first, last = units[unit]
+                        abandon(WorkersUnavailable(f"shards {first}..{last - 1} failed on {attempts[unit]} "
+                                                   "workers in a row; giving up"))
+                    pending.appendleft(unit)
                     continue
                 except RayTaskError as exc:
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
                     if isinstance(cause, GraphError):  # deterministic: a retry would fail the same way
                         abandon(cause)
                     abandon(exc)  # unexpected: fail the request, but cancel its other shards first
-                start, stop, _ = plan[shard]
-                results[shard] = result
-                records[shard] = ShardRecord(shard, start, stop, info["worker"], info["node"], info["pid"],
-                                             info["ms"], attempts[shard])
+                results[unit] = result
+                for i, info in zip(range(*units[unit]), infos):
+                    start, stop, _ = plan[i]
+                    records[i] = ShardRecord(i, start, stop, info["worker"], info["node"], info["pid"],
+                                             info["ms"], attempts[unit])
                 idle.append(worker)
         t2 = time.perf_counter()
-        result = combine(results, job.graph.program)  # as run_sharded/gw.local: by the specs
+        result = combine(results, job.graph.program)  # block sums in order: the same bits as shard by shard
         return Outcome(result, records, {"schedule": (t1 - t0) * 1e3, "compute": (t2 - t1) * 1e3,
                                          "reduce": (time.perf_counter() - t2) * 1e3})
 

@@ -466,3 +466,18 @@ def test_sharded_run_is_the_fixed_tree_of_weighted_shards_bitwise(rng):
         for k in first.grads:
             np.testing.assert_array_equal(r.grads[k], first.grads[k])
     assert first.loss == float(tree_sum([np.float64(p.loss) for p in parts]))
+
+
+def test_aligned_blocks_are_subtrees_of_the_summation_tree():
+    """The Ray backend sums blocks of shards on the workers: that must not change a bit."""
+    from gradwire.worker.shards import aligned_blocks, tree_sum
+
+    rng = np.random.default_rng(3)
+    for n in range(1, 34):
+        parts = [(rng.normal(size=7) * 10.0 ** rng.integers(-4, 4)).astype(np.float32) for _ in range(n)]
+        whole = tree_sum(parts)
+        for block in (1, 2, 4, 8, 16):
+            sums = [tree_sum(parts[a:b]) for a, b in aligned_blocks(n, block)]
+            assert np.array_equal(tree_sum(sums), whole), (n, block)
+    with pytest.raises(ValueError, match="power of two"):
+        aligned_blocks(8, 3)

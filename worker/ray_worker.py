@@ -16,6 +16,7 @@ import numpy as np
 
 from gradwire.worker.codec import graph_from_bytes
 from gradwire.worker.engine import Program, Result
+from gradwire.worker.shards import combine, shard_batch
 
 
 class ShardWorker:
@@ -50,19 +51,25 @@ class ShardWorker:
             cache.move_to_end(key)
         return value
 
-    def run_shard(self, graph_id: str, graph_ref: list, params_key: str, params_ref: list,
-                  batch: dict[str, np.ndarray], weight: float, wrt, fetch, check_finite: bool,
-                  limits) -> tuple[Result, dict]:
-        """One shard's weighted loss and gradients. ``graph_ref``/``params_ref`` hold an
-        object ref (or value) in a list so Ray resolves them only on a cache miss."""
-        start = time.perf_counter()
+    def run_shards(self, graph_id: str, graph_ref: list, params_key: str, params_ref: list,
+                   batch: dict[str, np.ndarray], bounds: list[tuple[int, int]], weights: list[float],
+                   wrt, fetch, check_finite: bool, limits) -> tuple[Result, list[dict]]:
+        """Consecutive shards of one request (``batch`` holds exactly their rows; ``bounds``
+        are their row ranges in the whole batch), combined as the driver would combine them:
+        an aligned block of shards is a subtree of the fixed summation tree. ``graph_ref`` and
+        ``params_ref`` hold an object ref in a list so Ray resolves them only on a cache miss."""
         program = self._cached(self._programs, graph_id,
                                lambda: Program(graph_from_bytes(_resolve(graph_ref[0])), limits))
         params = self._cached(self._params, params_key, lambda: _resolve(params_ref[0]))
-        result = program.run(params, batch, wrt=wrt, fetch=fetch, loss_scale=weight, check_finite=check_finite)
-        info = self.identity()
-        info["ms"] = (time.perf_counter() - start) * 1e3
-        return result, info
+        base = bounds[0][0]
+        results, infos = [], []
+        for (start, stop), weight in zip(bounds, weights):
+            t = time.perf_counter()
+            rows = batch if start == stop == 0 else shard_batch(program, batch, start - base, stop - base)
+            results.append(program.run(params, rows, wrt=wrt, fetch=fetch, loss_scale=weight,
+                                       check_finite=check_finite))
+            infos.append({**self.identity(), "ms": (time.perf_counter() - t) * 1e3})
+        return combine(results, program), infos
 
 
 def _resolve(value):

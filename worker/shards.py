@@ -56,6 +56,15 @@ def tree_sum(parts: Sequence):
     return parts[0]
 
 
+def aligned_blocks(n_shards: int, block: int) -> list[tuple[int, int]]:
+    """Consecutive shard index ranges of ``block`` (a power of two) shards, the last one
+    clipped. Such an aligned block is a subtree of ``tree_sum``'s pairing, so summing each
+    block first and then the block sums (in order) gives the very same bits."""
+    if block < 1 or block & (block - 1):
+        raise ValueError(f"block must be a power of two, got {block}")
+    return [(i, min(i + block, n_shards)) for i in range(0, n_shards, block)]
+
+
 def combine(results: Sequence[Result], program: Program | None = None) -> Result:
     """Sum weighted shard results (ordered by shard index); fetched outputs concatenate.
 
