@@ -29,7 +29,6 @@ class BatchFeed:
         self._ended = False
         self._error: BaseException | None = None
         self._inputs: dict[str, TensorSpec] = {}
-        self._thread = threading.Thread(target=self._read, name="gradwire-feed", daemon=True)
 
     def start(self, inputs: dict[str, TensorSpec], inline: bool = False) -> "BatchFeed":
         """Begin reading; ``inline`` reads the whole stream now, in this thread (a unary call)."""
@@ -37,7 +36,7 @@ class BatchFeed:
         if inline:
             self._read()
         else:
-            self._thread.start()
+            threading.Thread(target=self._read, name="gradwire-feed", daemon=True).start()
         return self
 
     # ------------------------------------------------------------------ the reader thread
