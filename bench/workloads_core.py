@@ -59,27 +59,33 @@ def mlp_graph():
     return g
 
 
+def softmax_cross_entropy_numpy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean softmax cross-entropy and its gradient w.r.t. the logits, (softmax - onehot) / n."""
+    n = logits.shape[0]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    loss = float(np.mean(np.log(s[:, 0]) - shifted[rows, y]))
+    dlogits = e / s
+    dlogits[rows, y] -= 1
+    dlogits /= n
+    return loss, dlogits
+
+
 def mlp_numpy(params: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
     """Hand-written forward + backward of the same net, written the way one normally would:
     plain NumPy expressions, no in-place tricks, no gradient for x."""
     W1, b1, W2, b2, W3, b3 = (params[k] for k in PARAM_NAMES)
     x, y = batch["x"], batch["y"]
-    n = x.shape[0]
     # forward
     z1 = x @ W1 + b1
     h1 = np.maximum(z1, 0)
     z2 = h1 @ W2 + b2
     h2 = 1 / (1 + np.exp(-z2))
     logits = h2 @ W3 + b3
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    s = e.sum(axis=1, keepdims=True)
-    rows = np.arange(n)
-    loss = float(np.mean(np.log(s[:, 0]) - shifted[rows, y]))
-    # backward: d loss / d logits = (softmax - onehot) / n
-    dlogits = e / s
-    dlogits[rows, y] -= 1
-    dlogits /= n
+    loss, dlogits = softmax_cross_entropy_numpy(logits, y)
+    # backward
     dW3 = h2.T @ dlogits
     db3 = dlogits.sum(axis=0)
     dz2 = (dlogits @ W3.T) * h2 * (1 - h2)

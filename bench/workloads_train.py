@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from gradwire.bench.registry import Config, Row, row, workload  # noqa: E402
 from gradwire.bench.timing import median, summarize  # noqa: E402
+from gradwire.bench.workloads_core import softmax_cross_entropy_numpy  # noqa: E402
 from gradwire.bench.workloads_service import ms_list, paired_ratio, scaled_repeats, timed  # noqa: E402
 
 TRAIN_TARGET = 0.7  # gradwire examples/s / hand-written NumPy examples/s, at least
@@ -56,18 +57,9 @@ def _load_examples(directory: Path):
 
 def _forward_backward(p: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
     """relu(x @ w1 + b1) @ w2 + b2 under mean softmax cross-entropy, by hand."""
-    n = x.shape[0]
     z1 = x @ p["w1"] + p["b1"]
     h1 = np.maximum(z1, 0)
-    logits = h1 @ p["w2"] + p["b2"]
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    s = e.sum(axis=1, keepdims=True)
-    rows = np.arange(n)
-    loss = float(np.mean(np.log(s[:, 0]) - shifted[rows, y]))
-    d = e / s
-    d[rows, y] -= 1
-    d /= n
+    loss, d = softmax_cross_entropy_numpy(h1 @ p["w2"] + p["b2"], y)
     dh1 = (d @ p["w2"].T) * (z1 > 0)
     return loss, {"w1": x.T @ dh1, "b1": dh1.sum(axis=0), "w2": h1.T @ d, "b2": d.sum(axis=0)}
 

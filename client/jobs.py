@@ -12,7 +12,7 @@ import numpy as np
 
 from gradwire.client.errors import Cancelled, DeadlineExceeded, NotFound, Unavailable
 from gradwire.protos import gradwire_pb2 as pb
-from gradwire.worker.codec import Assembler, stream_messages
+from gradwire.worker.codec import assemble, stream_messages
 from gradwire.worker.optim import to_config
 
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -106,11 +106,7 @@ class TrainingJob:
         self.wait()
         messages = self.client.transport.call("GetJobResult", lambda: pb.JobRef(job_id=self.job_id),
                                               stream_out=True, timeout=None)
-        assembler = Assembler()
-        for message in messages:
-            for chunk in message.params:
-                assembler.add("params", chunk)
-        return assembler.result("params")
+        return assemble(messages, "params")
 
     def cancel(self) -> dict[str, Any]:
         return _info(self.client.transport.call("CancelJob", lambda: pb.JobRef(job_id=self.job_id)))

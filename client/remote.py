@@ -11,7 +11,9 @@ from gradwire.client.errors import NotFound
 from gradwire.client.graph import Graph
 from gradwire.client.transport import DEFAULT_MAX_MESSAGE_BYTES, Transport
 from gradwire.protos import gradwire_pb2 as pb
-from gradwire.worker.codec import DEFAULT_CHUNK_BYTES, Assembler, graph_id_of_proto, graph_to_proto, stream_messages
+from gradwire.worker.codec import (
+    DEFAULT_CHUNK_BYTES, Assembler, assemble, graph_id_of_proto, graph_to_proto, stream_messages,
+)
 from gradwire.worker.engine import Result
 from gradwire.worker.graph import GraphDef
 
@@ -120,9 +122,7 @@ class Client:
         for message in messages:
             if message.HasField("summary"):
                 summary = message.summary
-            for name in ("grads", "input_grads", "outputs"):
-                for chunk in getattr(message, name):
-                    assembler.add(name, chunk)
+            assembler.add_message(message, ("grads", "input_grads", "outputs"))
         return RemoteResult(summary.loss, assembler.result("grads"), assembler.result("input_grads"),
                             assembler.result("outputs"), info=_info(summary.info), graph_id=summary.graph_id)
 
@@ -216,11 +216,7 @@ class Session:
     def params(self) -> dict[str, np.ndarray]:
         messages = self.client.transport.call("GetSessionParams", lambda: pb.SessionRef(session_id=self.session_id),
                                               stream_out=True)
-        assembler = Assembler()
-        for message in messages:
-            for chunk in message.params:
-                assembler.add("params", chunk)
-        return assembler.result("params")
+        return assemble(messages, "params")
 
     def close(self) -> None:
         self.client.transport.call("CloseSession", lambda: pb.SessionRef(session_id=self.session_id))

@@ -111,9 +111,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         while message is not None:
             if message is not first and message.HasField("header"):
                 raise GraphError("only the first message of the stream may carry a header")
-            for field in tensor_fields:
-                for chunk in getattr(message, field):
-                    assembler.add(field, chunk)
+            assembler.add_message(message, tensor_fields)
             message = next_request(requests, context)
         return first.header, assembler
 

@@ -13,7 +13,7 @@ import gradwire as gw
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.protos import gradwire_pb2_grpc as pb_grpc
 from gradwire.server.backend import LocalBackend
-from gradwire.worker.codec import graph_to_proto, stream_messages
+from gradwire.worker.codec import assemble, graph_to_proto, stream_messages
 
 
 class RecordingBackend(LocalBackend):
@@ -65,13 +65,7 @@ def _call(address, messages, pause_before_last=0.0):
 
 
 def _grad(responses):
-    from gradwire.worker.codec import Assembler
-
-    assembler = Assembler()
-    for r in responses:
-        for c in r.grads:
-            assembler.add("grads", c)
-    return assembler.result("grads")
+    return assemble(responses, "grads")
 
 
 def test_shards_start_before_the_batch_has_arrived(start_server):

@@ -280,6 +280,12 @@ class Assembler:
         flat[part.filled:part.filled + len(data)] = np.frombuffer(data, np.uint8)
         part.filled += len(data)
 
+    def add_message(self, message, fields: tuple[str, ...]) -> None:
+        """Every piece that ``message`` carries in these tensor fields."""
+        for field in fields:
+            for chunk in getattr(message, field):
+                self.add(field, chunk)
+
     def arrays(self, field: str) -> dict[str, np.ndarray]:
         """The field's tensors declared so far, complete or not (filled in place as pieces arrive)."""
         return {name: part.array for name, part in self._parts.get(field, {}).items()}
@@ -305,3 +311,11 @@ class Assembler:
                 _check_bool(part.array, f"{field} tensor {name!r}")
             out[name] = part.array
         return out
+
+
+def assemble(messages, field: str) -> dict[str, np.ndarray]:
+    """One tensor field of a whole stream of messages, as complete arrays."""
+    assembler = Assembler()
+    for message in messages:
+        assembler.add_message(message, (field,))
+    return assembler.result(field)
