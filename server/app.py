@@ -12,10 +12,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gradwire.protos import gradwire_pb2 as pb
-from gradwire.protos import gradwire_pb2_grpc as pb_grpc
 from gradwire.server.backend import Backend, LocalBackend
 from gradwire.server.config import ServerConfig
 from gradwire.server.servicer import GradwireServicer
+from gradwire.worker import frames
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gradwire"].full_name
 log = logging.getLogger("gradwire.server")
@@ -42,6 +42,22 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def add_servicer(servicer: GradwireServicer, server: grpc.Server) -> None:
+    """The generated ``add_GradwireServicer_to_server``, but with the zero-copy tensor
+    (de)serializers of ``frames`` (same bytes on the wire)."""
+    service = pb.DESCRIPTOR.services_by_name["Gradwire"]
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (True, False): grpc.stream_unary_rpc_method_handler,
+             (False, True): grpc.unary_stream_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    handlers = {
+        m.name: kinds[m.client_streaming, m.server_streaming](
+            getattr(servicer, m.name), request_deserializer=frames.lenient_decoder(getattr(pb, m.input_type.name)),
+            response_serializer=frames.serialize)
+        for m in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def make_backend(config: ServerConfig) -> Backend:
     if config.backend == "local":
         return LocalBackend()
@@ -64,7 +80,7 @@ class GradwireServer:
         self._pool = futures.ThreadPoolExecutor(max_workers=config.max_concurrent + 8,
                                                 thread_name_prefix="gradwire-rpc")
         self.grpc_server = grpc.server(self._pool, options=channel_options(config.max_message_bytes))
-        pb_grpc.add_GradwireServicer_to_server(self.servicer, self.grpc_server)
+        add_servicer(self.servicer, self.grpc_server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(

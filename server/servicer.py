@@ -24,11 +24,13 @@ from gradwire.server.jobs import JobManager
 from gradwire.server.status import JobNotDone, Overloaded, status_for
 from gradwire.server.store import GraphStore, Registered, SessionStore
 from gradwire.worker.codec import Assembler, stream_messages
+from gradwire.worker.frames import Outgoing
 from gradwire.worker.ops import OPS
 from gradwire.worker.shards import batch_size
 from gradwire.worker.validate import GraphError
 
 log = logging.getLogger("gradwire.server")
+_ONE_MESSAGE = 1 << 62  # a unary response carries every tensor whole
 
 
 class _Call:
@@ -122,9 +124,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     def Compute(self, request, context):
         def run(call):
-            response = pb.ComputeResponse()
-            for message in self._value_and_grad(call, iter((request,)), context, inline=True):
-                response.MergeFrom(message)
+            (response,) = self._value_and_grad(call, iter((request,)), context, inline=True)
             return response
         return self._unary("Compute", context, run)
 
@@ -182,11 +182,12 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         # Lazily, one message ahead: the summary rides on the last message, so it can report
         # the whole encode phase (which includes handing the earlier messages to gRPC).
         previous = None
-        for message in stream_messages(pb.ComputeResponse, {}, groups, self.config.chunk_bytes):
+        chunk_bytes = _ONE_MESSAGE if inline else self.config.chunk_bytes
+        for message in stream_messages(pb.ComputeResponse, {}, groups, chunk_bytes):
             if previous is not None:
                 yield previous
             previous = message
-        previous = previous or pb.ComputeResponse()
+        previous = previous or Outgoing(pb.ComputeResponse)
         phases["encode"] = _ms_since(t)
         info = pb.RunInfo(
             backend=self.backend.name, shard_count=len(outcome.shards), phase_ms=phases,
@@ -194,9 +195,9 @@ class GradwireServicer(pb_grpc.GradwireServicer):
                                  pid=s.pid, ms=s.ms, attempts=s.attempts) for s in outcome.shards],
             server_pid=os.getpid(),
         )
-        previous.summary.CopyFrom(pb.ComputeSummary(
+        previous.fields["summary"] = pb.ComputeSummary(
             loss=result.loss, graph_id=reg.graph_id, request_id=call.request_id, info=info,
-            session_version=version))
+            session_version=version)
         yield previous
 
     # ------------------------------------------------------------------ sessions

@@ -489,7 +489,7 @@ def test_invalid_argument_is_never_retried(client, address, caplog):
     with gw.connect(address) as fresh:  # sends the whole graph, as ``messages`` do
         with pytest.raises(gw.InvalidGraph, match="missing parameter"):
             fresh.value_and_grad(_base_graph(), {"w": W}, {"x": X})
-        assert fresh.bytes_sent == sum(m.ByteSize() for m in messages)
+        assert fresh.bytes_sent == sum(len(m.encode()) for m in messages)
     # small: sent as one unary Compute call
     assert len([r for r in caplog.records if "method=Compute" in r.getMessage()]) == 1
     _good_sdk(client)

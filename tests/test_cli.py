@@ -113,7 +113,8 @@ def test_log_line_names_request_graph_batch_status_and_ms(served, example_graph)
     with grpc.insecure_channel(served.address) as channel:
         stub = pb_grpc.GradwireStub(channel)
         responses = list(stub.ValueAndGrad(
-            stream_messages(pb.ComputeRequest, {"header": header}, {"params": params, "batch": batch}),
+            (m.to_proto() for m in stream_messages(pb.ComputeRequest, {"header": header},
+                                                   {"params": params, "batch": batch})),
             timeout=30, metadata=(("gradwire-request-id", "cli-test-0001"),)))
         summary = responses[-1].summary
         assert summary.request_id == "cli-test-0001" and summary.graph_id == graph.id
@@ -156,8 +157,9 @@ def test_port_from_environment_and_drain_on_sigterm(tmp_path, example_graph):
         assert loss == local_loss and all(np.array_equal(grads[k], local_grads[k]) for k in local_grads)
 
         # a call in flight: its header is sent, the rest of its stream held back until after SIGTERM
-        messages = list(stream_messages(pb.ComputeRequest, {"header": pb.ComputeHeader(graph_id=graph.id)},
-                                        {"params": params, "batch": batch}, chunk_bytes=256))
+        messages = [m.to_proto() for m in stream_messages(
+            pb.ComputeRequest, {"header": pb.ComputeHeader(graph_id=graph.id)}, {"params": params, "batch": batch},
+            chunk_bytes=256)]
         assert len(messages) > 2
         header_sent, release = threading.Event(), threading.Event()
 

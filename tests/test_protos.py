@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import gradwire as gw
+from gradwire.worker import frames
 from gradwire.worker.codec import (
     Assembler, graph_from_bytes, graph_id, graph_to_proto, stream_messages, tensor_chunks, tensor_from_proto,
     tensor_to_proto,
@@ -120,8 +121,8 @@ def test_stream_messages_respect_the_chunk_size():
     tensors = {"a": np.arange(1000, dtype=np.float32), "b": np.ones((3, 3)), "c": np.zeros(0, np.int32)}
     from gradwire.protos import gradwire_pb2 as pb
 
-    messages = list(stream_messages(pb.ComputeRequest, {"header": pb.ComputeHeader(graph_id="g-x")},
-                                    {"batch": tensors}, chunk_bytes=512))
+    messages = [frames.decode(pb.ComputeRequest, m.encode()) for m in stream_messages(
+        pb.ComputeRequest, {"header": pb.ComputeHeader(graph_id="g-x")}, {"batch": tensors}, chunk_bytes=512)]
     assert messages[0].HasField("header") and not any(m.HasField("header") for m in messages[1:])
     assert all(sum(len(c.data) for c in m.batch) <= 512 for m in messages)
     assembler = Assembler()

@@ -56,8 +56,8 @@ def raw_compute(address, header, params=None, batch=None, metadata=()):
 
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.GradwireStub(channel)
-        messages = stream_messages(pb.ComputeRequest, {"header": header},
-                                   {"params": params or {}, "batch": batch or {}})
+        messages = (m.to_proto() for m in stream_messages(pb.ComputeRequest, {"header": header},
+                                                          {"params": params or {}, "batch": batch or {}}))
         return list(stub.ValueAndGrad(messages, timeout=30, metadata=metadata))
 
 

@@ -45,8 +45,9 @@ def _graph():
 
 def _messages(g, params, batch, chunk_bytes, row_interleave=("batch",), shards=8):
     header = pb.ComputeHeader(graph=graph_to_proto(g.graph_def), shards=shards)
-    return list(stream_messages(pb.ComputeRequest, {"header": header}, {"params": params, "batch": batch},
-                                chunk_bytes, row_interleave=row_interleave))
+    return [m.to_proto() for m in stream_messages(pb.ComputeRequest, {"header": header},
+                                                  {"params": params, "batch": batch}, chunk_bytes,
+                                                  row_interleave=row_interleave)]
 
 
 def _call(address, messages, pause_before_last=0.0):
@@ -93,8 +94,8 @@ def test_parameters_after_the_batch_are_rejected(start_server):
     _, address = start_server()
     g, params, batch = _graph()
     header = pb.ComputeHeader(graph=graph_to_proto(g.graph_def))
-    head = next(stream_messages(pb.ComputeRequest, {"header": header}, {"batch": batch}, 1 << 30))
-    tail = next(stream_messages(pb.ComputeRequest, {}, {"params": params}, 1 << 30))
+    head = next(stream_messages(pb.ComputeRequest, {"header": header}, {"batch": batch}, 1 << 30)).to_proto()
+    tail = next(stream_messages(pb.ComputeRequest, {}, {"params": params}, 1 << 30)).to_proto()
     with pytest.raises(grpc.RpcError) as err:
         _call(address, [head, tail])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -8,12 +8,13 @@ declared spec and the configured limits *before* memory is allocated for it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from gradwire.protos import gradwire_pb2 as pb
+from gradwire.worker.frames import Outgoing, Piece
 from gradwire.worker.graph import GraphDef, Node
 from gradwire.worker.spec import DTYPES, TensorSpec, num_elements
 from gradwire.worker.validate import GraphError, LimitError
@@ -80,7 +81,8 @@ def _from_bytes(data: bytes, dtype: np.dtype, shape: tuple[int, ...], what: str)
         raise GraphError(f"{what}: {dtype.name}{list(shape)} needs {expected} bytes, got {len(data)}")
     array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
     _check_bool(array, what)
-    return array if dtype.isnative else array.astype(dtype)
+    # a misaligned view would not reach BLAS (other bits); a big-endian host needs a swap
+    return array if dtype.isnative and array.flags.aligned else array.astype(dtype)
 
 
 def _check_bool(array: np.ndarray, what: str) -> None:
@@ -159,32 +161,33 @@ def graph_id(graph: GraphDef) -> str:
 
 
 def tensor_chunks(name: str, array: np.ndarray, chunk_bytes: int) -> Iterator[pb.TensorChunk]:
-    """The pieces of one tensor, each at most ``chunk_bytes`` of data."""
+    """The pieces of one tensor as protobuf ``TensorChunk`` messages (each a copy: for
+    building messages by hand; streams use ``stream_messages``)."""
     array = np.asarray(array)
-    return (chunk for chunk, _ in _pieces(name, array, [(0, max(1, _nbytes(array)))], chunk_bytes))
+    for p in _pieces(name, array, [(0, max(1, _nbytes(array)))], chunk_bytes):
+        yield pb.TensorChunk(name=p.name, dtype=p.dtype, shape=p.shape, offset=p.offset, data=bytes(p.data))
 
 
 def _nbytes(array: np.ndarray) -> int:
     return array.size * array.dtype.itemsize
 
 
-def _pieces(name: str, array: np.ndarray, spans, chunk_bytes: int) -> Iterator[tuple[pb.TensorChunk, int]]:
-    """(piece, its byte count) covering byte ``spans`` of ``array``; the one at offset 0
-    declares the tensor."""
+def _pieces(name: str, array: np.ndarray, spans, chunk_bytes: int) -> Iterator[Piece]:
+    """Pieces covering byte ``spans`` of ``array``, each a view of at most ``chunk_bytes``
+    of it (no copy); the one at offset 0 declares the tensor."""
     shape = array.shape  # before _little: ascontiguousarray turns a 0-d scalar into shape (1,)
     array = _little(array)
     raw = memoryview(array).cast("B") if array.size else memoryview(b"")
     for start, stop in spans:
         for offset in range(start, max(start + 1, stop), chunk_bytes):
-            data = bytes(raw[offset:min(stop, offset + chunk_bytes)])
+            data = raw[offset:min(stop, offset + chunk_bytes)]
             if offset == 0:
-                yield pb.TensorChunk(name=name, dtype=dtype_to_proto(array.dtype), shape=shape, offset=0,
-                                     data=data), len(data)
-            elif data:
-                yield pb.TensorChunk(name=name, offset=offset, data=data), len(data)
+                yield Piece(name, dtype_to_proto(array.dtype), shape, 0, data)
+            elif len(data):
+                yield Piece(name, 0, (), offset, data)
 
 
-def row_interleaved_chunks(tensors: dict[str, np.ndarray], chunk_bytes: int) -> Iterator[tuple[pb.TensorChunk, int]]:
+def row_interleaved_chunks(tensors: dict[str, np.ndarray], chunk_bytes: int) -> Iterator[Piece]:
     """The tensors' pieces, those sharing the largest tensor's leading dimension (the batch)
     interleaved by blocks of rows: a receiver can start on the first examples while the
     rest are still in flight. Other tensors go first, whole."""
@@ -209,28 +212,29 @@ def row_interleaved_chunks(tensors: dict[str, np.ndarray], chunk_bytes: int) -> 
             yield from _pieces(name, arrays[name], [spans[i]], chunk_bytes)
 
 
-def stream_messages(make: Callable[..., object], first: dict, groups: dict[str, dict[str, np.ndarray]],
-                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, row_interleave: tuple[str, ...] = ()) -> Iterator:
-    """Messages ``make(**fields)`` carrying ``first`` plus every tensor of ``groups``
+def stream_messages(cls, first: dict, groups: dict[str, dict[str, np.ndarray]],
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, row_interleave: tuple[str, ...] = ()) -> Iterator[Outgoing]:
+    """Messages of type ``cls`` carrying the fields ``first`` plus every tensor of ``groups``
     (field name -> {tensor name -> array}), packing pieces up to ``chunk_bytes`` per message.
-    Groups named in ``row_interleave`` are sent row block by row block."""
-    pending: dict[str, list] = {}
+    Groups named in ``row_interleave`` are sent row block by row block. The messages hold
+    views of the arrays; ``frames.serialize`` writes them out with one copy."""
+    pending: dict[str, list[Piece]] = {}
     size = 0
     header = dict(first)
     for field, tensors in groups.items():
         if field in row_interleave:
-            chunks = row_interleaved_chunks(tensors, chunk_bytes)
+            pieces = row_interleaved_chunks(tensors, chunk_bytes)
         else:
-            chunks = (c for name, array in tensors.items()
-                      for c in _pieces(name, np.asarray(array), [(0, max(1, _nbytes(np.asarray(array))))], chunk_bytes))
-        for chunk, nbytes in chunks:
-            if size and size + nbytes > chunk_bytes:
-                yield make(**header, **pending)
+            pieces = (p for name, array in tensors.items()
+                      for p in _pieces(name, np.asarray(array), [(0, max(1, _nbytes(np.asarray(array))))], chunk_bytes))
+        for piece in pieces:
+            if size and size + len(piece.data) > chunk_bytes:
+                yield Outgoing(cls, header, pending)
                 header, pending, size = {}, {}, 0
-            pending.setdefault(field, []).append(chunk)
-            size += nbytes
+            pending.setdefault(field, []).append(piece)
+            size += len(piece.data)
     if pending or header:
-        yield make(**header, **pending)
+        yield Outgoing(cls, header, pending)
 
 
 @dataclass
@@ -248,7 +252,7 @@ class Assembler:
         self.total_bytes = 0
         self._parts: dict[str, dict[str, _Partial]] = {}
 
-    def add(self, field: str, chunk: pb.TensorChunk) -> None:
+    def add(self, field: str, chunk: Piece | pb.TensorChunk) -> None:
         # NOTE: every read of a protobuf bytes field copies it; read `data` once per piece.
         data = chunk.data
         parts = self._parts.setdefault(field, {})
