@@ -23,6 +23,14 @@ TENSORS = {
 }
 
 
+@pytest.fixture(params=["walked", "parsed whole"])
+def decode_path(request, monkeypatch):
+    """Both ways ``decode`` reads a message: walking its fields (large messages, tensor data
+    left in place) and protobuf's parser (small ones)."""
+    monkeypatch.setattr(frames, "SMALL_MESSAGE", -1 if request.param == "walked" else 1 << 40)
+    return request.param
+
+
 def _messages(chunk_bytes=512, **kwargs):
     header = pb.ComputeHeader(graph_id="g-x", wrt=["w"], shards=3)
     return list(stream_messages(pb.ComputeRequest, {"header": header},
@@ -47,7 +55,8 @@ def test_protobuf_reads_the_encoding_as_the_message_it_would_have_built(chunk_by
         assert parsed == _by_protobuf(message)
 
 
-def test_tensor_data_starts_16_byte_aligned_in_the_message():
+def test_tensor_data_starts_16_byte_aligned_in_the_message(monkeypatch):
+    monkeypatch.setattr(frames, "SMALL_MESSAGE", -1)  # read in place, to find where data starts
     for message in _messages(chunk_bytes=100):
         wire = message.encode()
         decoded = frames.decode(pb.ComputeRequest, wire)
@@ -58,7 +67,7 @@ def test_tensor_data_starts_16_byte_aligned_in_the_message():
 
 
 @pytest.mark.parametrize("chunk_bytes", [7, 512, 1 << 20])
-def test_decoding_reads_what_protobuf_reads(chunk_bytes):
+def test_decoding_reads_what_protobuf_reads(chunk_bytes, decode_path):
     for message in _messages(chunk_bytes):
         wire = _by_protobuf(message).SerializeToString()  # written by protobuf itself
         proto, ours = pb.ComputeRequest.FromString(wire), frames.decode(pb.ComputeRequest, wire)
@@ -68,7 +77,7 @@ def test_decoding_reads_what_protobuf_reads(chunk_bytes):
                 (c.name, c.dtype, tuple(c.shape), c.offset, c.data) for c in getattr(proto, field)]
 
 
-def test_streams_round_trip_exactly_through_the_framing():
+def test_streams_round_trip_exactly_through_the_framing(decode_path):
     assembler = Assembler()
     for message in _messages(chunk_bytes=100):
         assembler.add_message(frames.decode(pb.ComputeRequest, message.encode()), ("params", "batch"))
@@ -80,15 +89,16 @@ def test_streams_round_trip_exactly_through_the_framing():
 
 
 def test_a_tensor_received_whole_is_a_view_of_the_message():
-    wire = _messages(chunk_bytes=1 << 20)[0].encode()
+    big = np.arange(1 << 16, dtype=np.float64)  # 512 KiB: a message read in place
+    wire = next(stream_messages(pb.ComputeRequest, {}, {"batch": {**TENSORS, "a": big}}, 1 << 20)).encode()
+    assert len(wire) > frames.SMALL_MESSAGE
     assembler = Assembler()
     assembler.add_message(frames.decode(pb.ComputeRequest, wire), ("batch",))
     a = assembler.result("batch")["a"]
-    message = np.frombuffer(wire, np.uint8)
-    assert np.shares_memory(a, message) and not a.flags.writeable
+    assert np.array_equal(a, big) and np.shares_memory(a, np.frombuffer(wire, np.uint8)) and not a.flags.writeable
 
 
-def test_fields_in_any_order_and_repeated_scalars_follow_protobuf():
+def test_fields_in_any_order_and_repeated_scalars_follow_protobuf(decode_path):
     """Protobuf accepts fields in any order, and the last of a repeated scalar wins."""
     chunk = pb.TensorChunk(name="x", dtype=pb.FLOAT32, shape=[2], data=np.ones(2, np.float32).tobytes())
     chunk_bytes = (pb.TensorChunk(data=b"\x00" * 8).SerializeToString()  # data first, then overridden
@@ -111,7 +121,7 @@ def test_fields_in_any_order_and_repeated_scalars_follow_protobuf():
     b"\x00\x01",  # field number 0
     b"\x1a\x03\x2a\x10a",  # a chunk whose data field runs past its end
 ])
-def test_malformed_bytes_raise_a_decode_error_and_a_named_request_error(garbage):
+def test_malformed_bytes_raise_a_decode_error_and_a_named_request_error(garbage, decode_path):
     with pytest.raises(frames.DecodeError):
         frames.decode(pb.ComputeRequest, garbage)
     request = frames.lenient_decoder(pb.ComputeRequest)(garbage)
@@ -152,3 +162,18 @@ def test_a_plain_protobuf_client_gets_plain_protobuf_answers(start_server, examp
     assert responses[-1].summary.loss == loss
     got = assembler.result("grads")
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_every_piece_size_and_position_gets_aligned_data(monkeypatch):
+    """Across the byte counts where the length prefixes grow (127/128, 16383/16384)."""
+    monkeypatch.setattr(frames, "SMALL_MESSAGE", -1)  # read in place, to find where data starts
+    for size in (*range(100, 140), *range(16350, 16400)):
+        for name in ("a", "b" * 20):
+            piece = frames.Piece(name, pb.FLOAT32, (size,), 0, memoryview(bytes(range(256)) * (size // 256 + 1))[:size])
+            message = frames.Outgoing(pb.ComputeRequest, {"header": pb.ComputeHeader(graph_id="g" * (size % 37))},
+                                      {"batch": [piece, piece._replace(name="c")]})
+            wire = message.encode()
+            base = np.frombuffer(wire, np.uint8).ctypes.data
+            for got in frames.decode(pb.ComputeRequest, wire).batch:
+                assert bytes(got.data) == bytes(piece.data)
+                assert (np.frombuffer(got.data, np.uint8).ctypes.data - base) % frames.ALIGN == 0

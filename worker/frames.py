@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.worker.validate import GraphError
 
+SMALL_MESSAGE = 64 << 10  # bytes; smaller messages are parsed by protobuf whole
 _LEN = 2  # protobuf wire type of length-delimited fields
 _FIXED = {1: 8, 5: 4}  # wire type -> byte width
 _DATA = pb.TensorChunk.DESCRIPTOR.fields_by_name["data"].number
@@ -54,6 +55,19 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _padding(before_data: int, body: int) -> bytes:
+    """The padding field after which data starts ALIGN-aligned: data would start at
+    ``before_data`` plus the length prefix of the padded body plus the padding."""
+    for padding in _PADDINGS:
+        if (before_data + _varint_size(body + len(padding)) + len(padding)) % ALIGN == 0:
+            return padding
+    raise AssertionError("unreachable: the paddings cover every remainder, twice")
+
+
 def _key(number: int, wire_type: int = _LEN) -> bytes:
     return _varint(number << 3 | wire_type)
 
@@ -61,8 +75,9 @@ def _key(number: int, wire_type: int = _LEN) -> bytes:
 _DATA_KEY = _key(_DATA)
 ALIGN = 16  # where tensor data starts in an encoded message (received bytes objects are 16-aligned too)
 _PAD_KEY = _key(pb.TensorChunk.DESCRIPTOR.fields_by_name["padding"].number)
-# no padding field, or one of 2..17 bytes: every remainder modulo ALIGN
-_PADDINGS = (b"", *(_PAD_KEY + _varint(n) + bytes(n) for n in range(ALIGN)))
+# no padding field, or one of 2..33 bytes: every remainder modulo ALIGN, whatever the length
+# prefix of the body (which the padding may lengthen by a byte)
+_PADDINGS = (b"", *(_PAD_KEY + _varint(n) + bytes(n) for n in range(2 * ALIGN)))
 
 
 @lru_cache(maxsize=None)
@@ -93,11 +108,10 @@ class Outgoing:
                                       offset=piece.offset).SerializeToString()
                 size = len(piece.data)
                 data_key = _DATA_KEY + _varint(size) if size else b""  # proto3 omits empty bytes
-                for padding in _PADDINGS:
-                    body = len(head) + len(padding) + len(data_key) + size
-                    start = position + len(key) + len(_varint(body)) + body - size
-                    if start % ALIGN == 0 or not size:
-                        break
+                before_data = position + len(key) + len(head) + len(data_key)  # then the body's length, padding
+                padding = _padding(before_data, len(head) + len(data_key) + size) if size else b""
+                body = len(head) + len(padding) + len(data_key) + size
+                start = before_data + _varint_size(body) + len(padding)
                 parts += [key, _varint(body), head, padding, data_key, piece.data]
                 position = start + size
         return b"".join(parts)
@@ -194,6 +208,10 @@ def decode(cls, data: bytes):
     numbers = tensor_fields(cls)
     if not numbers:
         return cls.FromString(data)
+    if len(data) <= SMALL_MESSAGE:  # protobuf's C parser; the copies of small data cost less than our walk
+        message = cls.FromString(data)
+        return Incoming(message, {name: [Piece(c.name, c.dtype, tuple(c.shape), c.offset, c.data)
+                                         for c in getattr(message, name)] for name in numbers})
     names = {number: name for name, number in numbers.items()}
     view = memoryview(data)
     rest: list[memoryview] = []
