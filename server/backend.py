@@ -27,6 +27,7 @@ class Job:
     shards: int
     check_finite: bool = False
     feed: Any = None  # a BatchFeed while the batch is still streaming in; None: complete
+    specs: Any = None  # the whole batch's concrete specs (``Program.bind``), when already known
 
     def rows_ready(self, stop: int) -> bool:
         return self.feed is None or self.feed.rows_ready(stop)
@@ -87,13 +88,15 @@ class LocalBackend:
         program = job.graph.program
         results, records = [], []
         t0 = time.perf_counter()
-        for index, (start, stop, weight) in enumerate(job.plan()):
+        plan = job.plan()
+        specs = job.specs if len(plan) == 1 else None  # one shard: the whole batch, bound already
+        for index, (start, stop, weight) in enumerate(plan):
             if not is_active() or (deadline is not None and time.monotonic() > deadline):
                 raise DeadlineExceeded("the call ended (deadline or cancellation) before all shards ran")
             job.wait_rows(stop)
             t = time.perf_counter()
             results.append(program.run(job.params, job.shard(start, stop), wrt=job.wrt, fetch=job.fetch,
-                                       loss_scale=weight, check_finite=job.check_finite))
+                                       loss_scale=weight, check_finite=job.check_finite, specs=specs))
             records.append(ShardRecord(index, start, stop, "local", "local", os.getpid(),
                                        (time.perf_counter() - t) * 1e3))
         t1 = time.perf_counter()

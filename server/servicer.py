@@ -157,7 +157,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             phases["decode"] = _ms_since(t)
 
             t = time.perf_counter()
-            program.bind(params, batch)  # every check, no allocation
+            specs = program.bind(params, batch)  # every check, no allocation
             n = batch_size(program, batch)
             call.batch = str(n)
             unknown = sorted(set(header.fetch) - set(program.specs))
@@ -165,7 +165,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
                 raise GraphError(f"cannot fetch {unknown}: not values of the graph")
             wrt = tuple(header.wrt) or tuple(program.graph.params)
             job = Job(reg, params, params_key, batch, wrt + tuple(header.input_grads), tuple(header.fetch),
-                      header.shards or self.default_shards, self.config.check_finite, feed)
+                      header.shards or self.default_shards, self.config.check_finite, feed, specs)
             if header.wrt or header.input_grads:
                 program.backward_plan(job.wrt)  # rejects unknown names before scheduling
             phases["validate"] = _ms_since(t)

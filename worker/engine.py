@@ -59,6 +59,7 @@ class Program:
             for ref in node.inputs:
                 self.forward_last_use[ref] = i
         self._backward_plans: dict[tuple[str, ...], _Backward] = {}
+        self._frees_cache: dict[tuple, tuple] = {}
         self._bound: dict[tuple[TensorSpec, ...], dict[str, TensorSpec]] = {}
 
     # ------------------------------------------------------------------ checks
@@ -138,6 +139,24 @@ class Program:
             return [node.name, *node.inputs]
         return [node.name if s == "y" else node.inputs[s] for s in op.saves]
 
+    def _frees(self, wrt: tuple[str, ...], fetch: tuple[str, ...]):
+        """Per forward node and per backward step, the values dead after it (computed once
+        per choice of ``wrt`` and ``fetch``): a value a VJP saves lives until its last
+        backward reader, fetched values and the loss until the end."""
+        key = (wrt, fetch)
+        frees = self._frees_cache.get(key)
+        if frees is None:
+            plan = self.backward_plan(wrt)
+            keep = set(plan.saved_last_use) | set(fetch) | {self.graph.loss}
+            forward = tuple(tuple(ref for ref in dict.fromkeys(node.inputs)
+                                  if self.forward_last_use[ref] == i and ref not in keep)
+                            for i, node in enumerate(self.order))
+            backward = tuple(tuple(ref for ref in dict.fromkeys(self._saved(i))
+                                   if plan.saved_last_use.get(ref) == step and ref not in fetch)
+                             for step, i in enumerate(plan.nodes))
+            frees = self._frees_cache[key] = (forward, backward)
+        return frees
+
     # ------------------------------------------------------------------ run
 
     def run(self, params: dict[str, np.ndarray], batch: dict[str, np.ndarray], *,
@@ -153,7 +172,7 @@ class Program:
             raise GraphError(f"cannot differentiate with respect to {unknown}: not a parameter or batch input")
         fetch = tuple(fetch) or self.graph.outputs
         plan = self.backward_plan(wrt)
-        keep = set(plan.saved_last_use) | set(fetch) | {self.graph.loss}
+        forward_frees, backward_frees = self._frees(wrt, fetch)
 
         env: dict[str, np.ndarray] = {**self.graph.constants, **params, **batch}
         for i, node in enumerate(self.order):
@@ -165,15 +184,14 @@ class Program:
             if check_finite and y.dtype.kind == "f" and not np.isfinite(y).all():
                 raise ExecutionError("produced a non-finite value (NaN or Inf)", node.name, node.op)
             env[node.name] = y
-            for ref in node.inputs:
-                if self.forward_last_use[ref] == i and ref not in keep:
-                    env.pop(ref, None)
+            for ref in forward_frees[i]:
+                env.pop(ref, None)
 
         loss_spec = specs[self.graph.loss]
         loss = float(env[self.graph.loss]) * loss_scale
         outputs = {name: env[name] for name in fetch}
         grads: dict[str, np.ndarray] = {self.graph.loss: np.asarray(loss_scale, loss_spec.dtype)}
-        for step, (i, need) in enumerate(zip(plan.nodes, plan.needs)):
+        for i, need, frees in zip(plan.nodes, plan.needs, backward_frees):
             node, op = self.order[i], self.ops[i]
             g = grads.pop(node.name)
             y = env.get(node.name)
@@ -185,9 +203,8 @@ class Program:
                     continue
                 # accumulate, never overwrite: a value read twice gets both contributions
                 grads[ref] = grads[ref] + grad if ref in grads else grad
-            for ref in self._saved(i):
-                if plan.saved_last_use.get(ref) == step and ref not in outputs:
-                    env.pop(ref, None)
+            for ref in frees:
+                env.pop(ref, None)
 
         handed_out: set[int] = set()
 
