@@ -111,7 +111,7 @@ class Client:
                                       shards=self.shards if shards is None else shards)
             messages = lambda: stream_messages(  # noqa: E731
                 pb.ComputeRequest, {"header": header}, {"params": params, "batch": batch}, self.chunk_bytes,
-                row_interleave=("batch",))  # the server starts shards as their rows arrive
+                row_interleave=() if small else ("batch",))  # the server starts shards as their rows arrive
             if small:  # one message each way: a unary call halves gRPC's per-call overhead
                 return [self.transport.call("Compute", lambda: next(messages()), timeout=timeout)]
             return self.transport.call("ValueAndGrad", messages, stream_in=True, stream_out=True, timeout=timeout)

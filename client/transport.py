@@ -6,9 +6,9 @@ is retried (an INVALID_ARGUMENT request would fail the same way again).
 
 from __future__ import annotations
 
+import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -64,7 +64,7 @@ class Transport:
         large tensors as they stream in rather than after the whole response."""
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        metadata = (("gradwire-request-id", uuid.uuid4().hex[:12]),)
+        metadata = (("gradwire-request-id", os.urandom(6).hex()),)
         rpc = self._calls[method]
         for attempt in range(1, self.max_attempts + 1):
             remaining = None if deadline is None else deadline - time.monotonic()

@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.worker.validate import GraphError
 
-SMALL_MESSAGE = 64 << 10  # bytes; smaller messages are parsed by protobuf whole
+SMALL_MESSAGE = 64 << 10  # tensor bytes up to which a message is plain protobuf both ways (no framing)
 _LEN = 2  # protobuf wire type of length-delimited fields
 _FIXED = {1: 8, 5: 4}  # wire type -> byte width
 _DATA = pb.TensorChunk.DESCRIPTOR.fields_by_name["data"].number
@@ -62,7 +62,11 @@ def _varint_size(value: int) -> int:
 def _padding(before_data: int, body: int) -> bytes:
     """The padding field after which data starts ALIGN-aligned: data would start at
     ``before_data`` plus the length prefix of the padded body plus the padding."""
-    for padding in _PADDINGS:
+    prefix = _varint_size(body)
+    padding = _SHORTEST_PADDING[-(before_data + prefix) % ALIGN]
+    if _varint_size(body + len(padding)) == prefix:
+        return padding
+    for padding in _PADDINGS:  # the padding lengthened the prefix: search
         if (before_data + _varint_size(body + len(padding)) + len(padding)) % ALIGN == 0:
             return padding
     raise AssertionError("unreachable: the paddings cover every remainder, twice")
@@ -78,6 +82,7 @@ _PAD_KEY = _key(pb.TensorChunk.DESCRIPTOR.fields_by_name["padding"].number)
 # no padding field, or one of 2..33 bytes: every remainder modulo ALIGN, whatever the length
 # prefix of the body (which the padding may lengthen by a byte)
 _PADDINGS = (b"", *(_PAD_KEY + _varint(n) + bytes(n) for n in range(2 * ALIGN)))
+_SHORTEST_PADDING = {r: min((p for p in _PADDINGS if len(p) % ALIGN == r), key=len) for r in range(ALIGN)}
 
 
 @lru_cache(maxsize=None)
@@ -98,6 +103,8 @@ class Outgoing:
         self.cls, self.fields, self.pieces = cls, dict(fields or {}), dict(pieces or {})
 
     def encode(self) -> bytes:
+        if sum(len(p.data) for pieces in self.pieces.values() for p in pieces) <= SMALL_MESSAGE:
+            return self.build().SerializeToString()  # protobuf's C encoder; small copies cost less
         numbers = tensor_fields(self.cls)
         parts = [self.cls(**self.fields).SerializeToString()]
         position = len(parts[0])
@@ -116,8 +123,14 @@ class Outgoing:
                 position = start + size
         return b"".join(parts)
 
+    def build(self):
+        """The same message built by protobuf (tensor data copied into it)."""
+        return self.cls(**self.fields, **{
+            field: [pb.TensorChunk(name=p.name, dtype=p.dtype, shape=p.shape, offset=p.offset, data=bytes(p.data))
+                    for p in pieces] for field, pieces in self.pieces.items()})
+
     def to_proto(self):
-        """The same message as a protobuf object (what a plain protobuf peer would get)."""
+        """The message as a protobuf peer would parse it off the wire."""
         return self.cls.FromString(self.encode())
 
 
