@@ -99,11 +99,15 @@ class Client:
 
     def run(self, graph: Graph | GraphDef | str, params: dict[str, Any] | None, batch: dict[str, Any], *,
             wrt=None, input_grads=(), fetch=(), shards: int | None = None, session_id: str = "",
-            timeout: float | None = None) -> RemoteResult:
+            session_param_bytes: int = 0, timeout: float | None = None) -> RemoteResult:
         params = _arrays(params or {})
         batch = _arrays(batch)
 
-        small = sum(a.nbytes for a in (*params.values(), *batch.values())) <= self.chunk_bytes // 2
+        # one message each way (a unary call) only when the answer is small too: gradients are
+        # as large as the parameters (a session's live on the server), fetched values unknown
+        request_bytes = sum(a.nbytes for a in (*params.values(), *batch.values()))
+        response_bytes = sum(a.nbytes for a in params.values()) + session_param_bytes
+        small = request_bytes + response_bytes <= self.chunk_bytes // 2 and not fetch and not input_grads
 
         def send(ref):
             header = pb.ComputeHeader(**({} if session_id else ref), session_id=session_id, wrt=wrt or (),
@@ -146,7 +150,8 @@ class Client:
                 stream_in=True)
 
         info = self._with_graph(graph, send)
-        return Session(self, info.session_id, info.graph_id, info.version)
+        return Session(self, info.session_id, info.graph_id, info.version,
+                       {k: v.nbytes for k, v in params.items()})
 
     def ops(self) -> list[dict[str, Any]]:
         response = self.transport.call("ListOps", pb.ListOpsRequest)
@@ -191,11 +196,14 @@ class Client:
 class Session:
     """A graph whose parameters live on the server: each step ships only the batch."""
 
-    def __init__(self, client: Client, session_id: str, graph_id: str, version: int):
+    def __init__(self, client: Client, session_id: str, graph_id: str, version: int,
+                 param_bytes: dict[str, int] | None = None):
         self.client, self.session_id, self.graph_id, self.version = client, session_id, graph_id, version
+        self._param_bytes = dict(param_bytes or {})  # the size of the gradients to expect
 
     def run(self, batch: dict[str, Any], **kwargs) -> RemoteResult:
-        return self.client.run(self.graph_id, None, batch, session_id=self.session_id, **kwargs)
+        return self.client.run(self.graph_id, None, batch, session_id=self.session_id,
+                               session_param_bytes=sum(self._param_bytes.values()), **kwargs)
 
     def value_and_grad(self, batch: dict[str, Any], return_info: bool = False):
         result = self.run(batch)
@@ -211,6 +219,7 @@ class Session:
                                     self.client.chunk_bytes),
             stream_in=True)
         self.version = info.version
+        self._param_bytes.update((k, v.nbytes) for k, v in arrays.items())
         return self.version
 
     def params(self) -> dict[str, np.ndarray]:

@@ -247,6 +247,23 @@ def test_session_ships_only_batches(client):
     session.close()
 
 
+def test_session_gradients_larger_than_a_message_stream_back(start_server, caplog):
+    """A tiny batch against big server-side parameters: the answer is as big as the
+    parameters, so it must stream, not come back as one (unary) message."""
+    limit = 2 << 20  # 2 MiB messages; the session holds ~4 MiB of parameters (float32 256x1024 + ...)
+    _, address = start_server(max_message_bytes=limit, chunk_bytes=1 << 20)
+    g, params = _session_graph()
+    batch = {"x": np.ones((2, 256), np.float32), "y": np.zeros(2, np.int64)}
+    with gw.connect(address, chunk_bytes=1 << 20, max_message_bytes=limit) as small_client:
+        session = small_client.session(g, params)
+        with caplog.at_level(logging.INFO, logger="gradwire.server"):
+            loss, grads = session.value_and_grad(batch)
+        local_loss, local_grads = gw.local().value_and_grad(g, params, batch)
+        assert loss == local_loss
+        assert_same(grads, local_grads)
+        assert any("method=ValueAndGrad" in r.getMessage() for r in caplog.records)
+
+
 def test_session_update_params_version_and_close(client, address):
     g, params = _session_graph(d_in=32, hidden=16, dtype="float64")
     rng = np.random.default_rng(6)
