@@ -24,7 +24,9 @@ _TO_ENUM = {
     DTYPES["int32"]: pb.INT32, DTYPES["int64"]: pb.INT64, DTYPES["bool"]: pb.BOOL,
 }
 _FROM_ENUM = {v: k for k, v in _TO_ENUM.items()}
-DEFAULT_CHUNK_BYTES = 16 << 20  # tensor bytes per streamed message (gRPC's messages stay far below 2 GiB)
+# Tensor bytes per streamed message. Measured for 256 MiB up and down: 4, 8 and 16 MiB
+# within noise of each other; in separate processes smaller messages pipeline better.
+DEFAULT_CHUNK_BYTES = 4 << 20
 
 
 def dtype_to_proto(dtype: np.dtype) -> int:
