@@ -228,7 +228,9 @@ def _own(grad: np.ndarray | None, spec: TensorSpec, handed_out: set[int]) -> np.
     flowed): gradients may be views shared between values, never hand those out."""
     if grad is None:
         return np.zeros(spec.shape, spec.dtype)
-    if id(grad) not in handed_out and grad.flags.owndata and grad.flags.writeable and grad.flags.c_contiguous and grad.dtype == spec.dtype \
-            and grad.shape == spec.shape:
+    exact = grad.dtype == spec.dtype and grad.shape == spec.shape
+    if exact and id(grad) not in handed_out and grad.flags.owndata and grad.flags.writeable and grad.flags.c_contiguous:
         return grad
+    if exact:
+        return grad.copy(order="C")
     return np.array(np.broadcast_to(grad, spec.shape), dtype=spec.dtype, order="C")
