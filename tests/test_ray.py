@@ -165,14 +165,16 @@ def _wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
 CASES = [("float32", "mean"), ("float64", "mean"), ("float32", "sum"), ("float64", "sum")]
 
 
+@pytest.fixture(scope="class")
+def pools(ray_cluster, served):
+    """Servers with 1, 2 and 4 workers, for one test class."""
+    # 2 x 0.5 (module server) + 1 x 0.5 + 4 x 0.5 = 3.5 of the cluster's 4 CPUs
+    with _serving(ray_cluster, workers=1) as one, _serving(ray_cluster, workers=4) as four:
+        yield {1: one, 2: served, 4: four}
+
+
 class TestBitwiseAcrossWorkers:
     """1, 2 and 4 workers give the same bits as ``gw.local(shards=8, blas_threads=1)``."""
-
-    @pytest.fixture(scope="class")
-    def pools(self, ray_cluster, served):
-        # 2 x 0.5 (module server) + 1 x 0.5 + 4 x 0.5 = 3.5 of the cluster's 4 CPUs
-        with _serving(ray_cluster, workers=1) as one, _serving(ray_cluster, workers=4) as four:
-            yield {1: one, 2: served, 4: four}
 
     @pytest.mark.parametrize("dtype,reduction", CASES)
     def test_same_bits_for_1_2_4_workers_and_local(self, pools, dtype, reduction):
