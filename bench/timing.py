@@ -19,6 +19,7 @@ import gc
 import itertools
 import math
 import os
+import random
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
@@ -67,13 +68,16 @@ def time_once(fn: Callable[[], Any]) -> float:
     return elapsed
 
 
-def round_orders(names: Sequence[str]) -> list[tuple[str, ...]]:
-    """The variant orders rounds cycle through: every permutation for up to 4 variants (so
-    each variant follows every other one equally often), rotations of the list beyond that."""
+def round_orders(names: Sequence[str], rounds: int) -> list[tuple[str, ...]]:
+    """The variant order of each of ``rounds`` rounds: every permutation in turn for up to 4
+    variants (so each variant follows every other one equally often); beyond that, seeded
+    shuffles (rotations would give every variant the same predecessor in every round)."""
     names = tuple(names)
     if len(names) <= 4:
-        return list(itertools.permutations(names))
-    return [names[i:] + names[:i] for i in range(len(names))]
+        permutations = list(itertools.permutations(names))
+        return [permutations[r % len(permutations)] for r in range(rounds)]
+    rng = random.Random(0)
+    return [tuple(rng.sample(names, len(names))) for _ in range(rounds)]
 
 
 def interleaved(variants: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -91,14 +95,14 @@ def interleaved(variants: Mapping[str, Callable[[], Any]], repeats: int, warmup:
     for name in names:
         for _ in range(warmup):
             variants[name]()
-    orders = round_orders(names)
+    orders = round_orders(names, repeats)
     samples: dict[str, list[float]] = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         for r in range(repeats):
-            for name in orders[r % len(orders)]:
+            for name in orders[r]:
                 samples[name].append(time_once(variants[name]))
             gc.collect()
     finally:

@@ -156,8 +156,12 @@ class BareGrpc:
 
     SERVICE = "gradwire.bench.Bare"
 
-    def __init__(self, max_message_bytes: int | None = None, max_workers: int | None = None):
-        from concurrent import futures
+    def __init__(self, max_message_bytes: int | None = None, max_workers: int | None = None,
+                 own_process: bool = False):
+        """``own_process``: the server runs in a child process (like ``subprocess_server``),
+        the baseline for a gradwire server in its own process."""
+        import subprocess
+        import sys
 
         import grpc
 
@@ -167,24 +171,51 @@ class BareGrpc:
         defaults = ServerConfig()
         max_message_bytes = max_message_bytes or defaults.max_message_bytes
         max_workers = max_workers or defaults.max_concurrent + 8  # as GradwireServer sizes its pool
-        self._chunk = bytes(CHUNK)
-        self._pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bare-rpc")
-        self.server = grpc.server(self._pool, options=channel_options(max_message_bytes))
-        handlers = {
-            "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
-            "EchoStream": grpc.stream_stream_rpc_method_handler(lambda requests, context: iter(list(requests))),
-            "Sink": grpc.stream_unary_rpc_method_handler(self._sink),
-            "Source": grpc.unary_stream_rpc_method_handler(self._source),
-        }
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(self.SERVICE, handlers),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
+        self.server = self._proc = None
+        if own_process:
+            code = f"from gradwire.bench.workloads_service import BareGrpc; BareGrpc.serve({max_message_bytes}, {max_workers})"
+            self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self.port = int(self._proc.stdout.readline())
+        else:
+            self.server, self._pool, self.port = self._start(max_message_bytes, max_workers)
         # the client channel as the SDK's Transport opens it
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=channel_options(max_message_bytes))
         self.echo = self.channel.unary_unary(f"/{self.SERVICE}/Echo")
         self._echo_stream = self.channel.stream_stream(f"/{self.SERVICE}/EchoStream")
         self._sink_call = self.channel.stream_unary(f"/{self.SERVICE}/Sink")
         self._source_call = self.channel.unary_stream(f"/{self.SERVICE}/Source")
+
+    @classmethod
+    def _start(cls, max_message_bytes: int, max_workers: int):
+        from concurrent import futures
+
+        import grpc
+
+        from gradwire.server.app import channel_options
+
+        pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bare-rpc")
+        server = grpc.server(pool, options=channel_options(max_message_bytes))
+        chunk = bytes(CHUNK)
+        handlers = {
+            "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
+            "EchoStream": grpc.stream_stream_rpc_method_handler(lambda requests, context: iter(list(requests))),
+            "Sink": grpc.stream_unary_rpc_method_handler(cls._sink),
+            "Source": grpc.unary_stream_rpc_method_handler(lambda request, context: cls._source(chunk, request)),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(cls.SERVICE, handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        return server, pool, port
+
+    @classmethod
+    def serve(cls, max_message_bytes: int, max_workers: int) -> None:
+        """The child process of ``own_process``: print the port, serve until stdin closes."""
+        import sys
+
+        server, _, port = cls._start(max_message_bytes, max_workers)
+        print(port, flush=True)
+        sys.stdin.read()
+        server.stop(0).wait()
 
     @staticmethod
     def _sink(request_iterator, context) -> bytes:
@@ -193,11 +224,12 @@ class BareGrpc:
             total += len(chunk)
         return total.to_bytes(8, "little")
 
-    def _source(self, request: bytes, context):
+    @staticmethod
+    def _source(chunk: bytes, request: bytes):
         remaining = int.from_bytes(request, "little")
         while remaining > 0:
-            n = min(remaining, CHUNK)
-            yield self._chunk if n == CHUNK else self._chunk[:n]
+            n = min(remaining, len(chunk))
+            yield chunk if n == len(chunk) else chunk[:n]
             remaining -= n
 
     def echo_stream(self, payload: bytes) -> list[bytes]:
@@ -210,9 +242,19 @@ class BareGrpc:
         return sum(len(m) for m in self._source_call(n_bytes.to_bytes(8, "little")))
 
     def close(self) -> None:
+        import subprocess
+
         self.channel.close()
-        self.server.stop(0).wait()
-        self._pool.shutdown(wait=False)
+        if self._proc is not None:  # ended by its own pid: close its stdin, then kill if it lingers
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=15)
+        else:
+            self.server.stop(0).wait()
+            self._pool.shutdown(wait=False)
 
     def __enter__(self) -> "BareGrpc":
         return self
@@ -279,8 +321,8 @@ def latency(cfg: Config) -> list[Row]:
     calls = scaled_repeats(cfg, "latency", LATENCY_CALLS, floor=30)
     graph, params, batch = seed_graph()
     with gradwire_server() as (server, address), BareGrpc() as bare, subprocess_server() as proc_address, \
-            gw.connect(address) as client, gw.connect(address, shards=1) as client1, \
-            gw.connect(proc_address) as client_proc:
+            BareGrpc(own_process=True) as bare_proc, gw.connect(address) as client, \
+            gw.connect(address, shards=1) as client1, gw.connect(proc_address) as client_proc:
         shards = server.config.shards
         ref_loss, ref_grads = gw.local(shards=shards).value_and_grad(graph, params, batch)
         loss, grads = client.value_and_grad(graph, params, batch)  # registers the graph: steady state after
@@ -300,6 +342,7 @@ def latency(cfg: Config) -> list[Row]:
             "gradwire_proc": lambda: client_proc.value_and_grad(graph, params, batch),
             "echo": lambda: bare.echo(payload),
             "echo_stream": lambda: bare.echo_stream(payload),
+            "echo_proc": lambda: bare_proc.echo(payload),
         }
         cfg.log(f"[latency] seed graph, batch {LATENCY_BATCH}, {calls} calls per variant interleaved; "
                 f"request {request_bytes} B, response {response_bytes} B; server shards={server.config.shards}")
@@ -324,11 +367,16 @@ def latency(cfg: Config) -> list[Row]:
     rows.append(row("latency/grpc stream-stream echo (bare)", stats=s, ratio=s["p50_ms"] / echo["p50_ms"],
                     notes=f"info: ValueAndGrad's call shape, 1 message each way; {p('echo_stream')}",
                     samples_ms=ms_list(samples["echo_stream"])))
-    for name, label, judged in (("gradwire", f"server shards={shards}", True), ("gradwire_s1", "request shards=1", False),
-                                ("gradwire_proc", f"server in its own process, shards={shards}", False)):
-        s = stats[name]
-        r50, r99 = s["p50_ms"] / echo["p50_ms"], s["p99_ms"] / echo["p99_ms"]
-        notes = f"p50 ratio; {p(name)}; p99 ratio {r99:.2f}; paired {paired_ratio(samples[name], samples['echo']):.2f}"
+    s = stats["echo_proc"]
+    rows.append(row("latency/grpc echo (bare, server in its own process)", stats=s, ratio=s["p50_ms"] / echo["p50_ms"],
+                    notes=f"info: the baseline of the own-process row; {p('echo_proc')}",
+                    samples_ms=ms_list(samples["echo_proc"])))
+    for name, label, judged, base in (
+            ("gradwire", f"server shards={shards}", True, "echo"), ("gradwire_s1", "request shards=1", False, "echo"),
+            ("gradwire_proc", f"server in its own process, shards={shards}; vs the own-process echo", False, "echo_proc")):
+        s, b = stats[name], stats[base]
+        r50, r99 = s["p50_ms"] / b["p50_ms"], s["p99_ms"] / b["p99_ms"]
+        notes = f"p50 ratio; {p(name)}; p99 ratio {r99:.2f}; paired {paired_ratio(samples[name], samples[base]):.2f}"
         if judged:
             notes += f"; server phase_ms medians: {fmt_phases(phase_medians(infos))}; loss==local({shards}) {same}"
         rows.append(row(f"latency/gradwire ({label})", stats=s, ratio=r50,
@@ -425,7 +473,7 @@ def mib_str(n_bytes: float) -> str:
 TRANSFER_TARGET = 0.5  # gradwire throughput / bare gRPC throughput, at least
 TRANSFER_BYTES = 256 << 20
 TRANSFER_QUICK_BYTES = 16 << 20
-TRANSFER_REPEATS = 5
+TRANSFER_REPEATS = 9  # rounds: the medians of 5 swung by +-15% on this VM
 
 
 @workload("transfer")
@@ -445,7 +493,8 @@ def transfer(cfg: Config) -> list[Row]:
 
     proc_infos: list[dict] = []
     with gradwire_server() as (_, address), BareGrpc() as bare, subprocess_server() as proc_address, \
-            gw.connect(address) as client, gw.connect(proc_address) as client_proc:
+            BareGrpc(own_process=True) as bare_proc, gw.connect(address) as client, \
+            gw.connect(proc_address) as client_proc:
         def run_gradwire():
             loss, grads, info = client.value_and_grad(g, params, {}, return_info=True)
             infos.append(info)
@@ -459,14 +508,17 @@ def transfer(cfg: Config) -> list[Row]:
         def run_bare():
             return bare.upload(upload) + bare.download(size)
 
+        def run_bare_proc():
+            return bare_proc.upload(upload) + bare_proc.download(size)
+
         grads = run_gradwire()
         ok = grads["W"].shape == (n,) and bool(np.all(grads["W"] == 2.0))
         del grads
         assert run_bare() == 2 * size
         cfg.log(f"[transfer] {mib_str(size)} up + {mib_str(size)} down per call, {repeats} rounds interleaved; "
                 f"gradient correct: {ok}")
-        samples = timed({"gradwire": run_gradwire, "bare": run_bare, "gradwire_proc": run_gradwire_proc},
-                        repeats=repeats, warmup=1)
+        samples = timed({"gradwire": run_gradwire, "bare": run_bare, "gradwire_proc": run_gradwire_proc,
+                         "bare_proc": run_bare_proc}, repeats=repeats, warmup=1)
     del upload
 
     stats = {k: summarize(v) for k, v in samples.items()}
@@ -488,9 +540,14 @@ def transfer(cfg: Config) -> list[Row]:
                   f"{1 / paired_ratio(samples['gradwire'], samples['bare']):.3f}; phase_ms {fmt_phases(ph)}; "
                   f"grad correct {ok}",
             mib_per_s=mb_s("gradwire"), phase_ms=ph, samples_ms=ms_list(samples["gradwire"])),
+        row("transfer/bare gRPC, server in its own process", stats=stats["bare_proc"],
+            ratio=mb_s("bare_proc") / mb_s("bare"),
+            notes=f"info: the baseline of the next row; {mb_s('bare_proc'):.0f} MiB/s",
+            mib_per_s=mb_s("bare_proc"), samples_ms=ms_list(samples["bare_proc"])),
         row("transfer/gradwire, server in its own process", stats=stats["gradwire_proc"],
-            ratio=mb_s("gradwire_proc") / mb_s("bare"),
-            notes=f"info: client and server do not share a GIL; {mb_s('gradwire_proc'):.0f} MiB/s; phase_ms "
+            ratio=mb_s("gradwire_proc") / mb_s("bare_proc"),
+            notes=f"info: vs bare gRPC with its server in its own process too (no shared GIL); "
+                  f"{mb_s('gradwire_proc'):.0f} MiB/s; phase_ms "
                   f"{fmt_phases(phase_medians(proc_infos))}",
             mib_per_s=mb_s("gradwire_proc"), phase_ms=phase_medians(proc_infos),
             samples_ms=ms_list(samples["gradwire_proc"])),
