@@ -69,15 +69,20 @@ def time_once(fn: Callable[[], Any]) -> float:
 
 
 def round_orders(names: Sequence[str], rounds: int) -> list[tuple[str, ...]]:
-    """The variant order of each of ``rounds`` rounds: every permutation in turn for up to 4
-    variants (so each variant follows every other one equally often); beyond that, seeded
-    shuffles (rotations would give every variant the same predecessor in every round)."""
+    """The variant order of each of ``rounds`` rounds, in blocks of ``len(names)`` rounds
+    that form a Latin square: within a block every variant runs once in every position (so
+    none is always first, right after the collector, or always last), and each block's
+    square is a fresh seeded shuffle, so a variant's predecessor changes from block to
+    block (a fixed rotation would give it the same predecessor every round)."""
     names = tuple(names)
-    if len(names) <= 4:
-        permutations = list(itertools.permutations(names))
-        return [permutations[r % len(permutations)] for r in range(rounds)]
     rng = random.Random(0)
-    return [tuple(rng.sample(names, len(names))) for _ in range(rounds)]
+    orders: list[tuple[str, ...]] = []
+    while len(orders) < rounds:
+        base = rng.sample(names, len(names))
+        block = [tuple(base[i:] + base[:i]) for i in range(len(names))]
+        rng.shuffle(block)
+        orders.extend(block)
+    return orders[:rounds]
 
 
 def interleaved(variants: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:

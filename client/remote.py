@@ -37,6 +37,13 @@ def _info(msg: pb.RunInfo) -> dict[str, Any]:
     }
 
 
+def _declared_outputs(graph) -> tuple[str, ...] | None:
+    """The values a graph always returns besides its gradients; None if only its id is known."""
+    if isinstance(graph, str):
+        return None
+    return tuple((graph.graph_def if isinstance(graph, Graph) else graph).outputs)
+
+
 def _arrays(values: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in values.items()}
 
@@ -99,15 +106,19 @@ class Client:
 
     def run(self, graph: Graph | GraphDef | str, params: dict[str, Any] | None, batch: dict[str, Any], *,
             wrt=None, input_grads=(), fetch=(), shards: int | None = None, session_id: str = "",
-            session_param_bytes: int = 0, timeout: float | None = None) -> RemoteResult:
+            session_param_bytes: int = 0, graph_outputs: tuple[str, ...] | None = None,
+            timeout: float | None = None) -> RemoteResult:
         params = _arrays(params or {})
         batch = _arrays(batch)
 
-        # one message each way (a unary call) only when the answer is small too: gradients are
-        # as large as the parameters (a session's live on the server), fetched values unknown
+        # One message each way (a unary call) only when the answer is known to be small too:
+        # gradients are as large as the parameters (a session's live on the server); fetched
+        # values and the graph's own outputs are of unknown size, as is a graph known by id.
+        outputs = graph_outputs if session_id else _declared_outputs(graph)
         request_bytes = sum(a.nbytes for a in (*params.values(), *batch.values()))
         response_bytes = sum(a.nbytes for a in params.values()) + session_param_bytes
-        small = request_bytes + response_bytes <= self.chunk_bytes // 2 and not fetch and not input_grads
+        small = (request_bytes + response_bytes <= self.chunk_bytes // 2 and outputs == ()
+                 and not fetch and not input_grads)
 
         def send(ref):
             header = pb.ComputeHeader(**({} if session_id else ref), session_id=session_id, wrt=wrt or (),
@@ -151,7 +162,7 @@ class Client:
 
         info = self._with_graph(graph, send)
         return Session(self, info.session_id, info.graph_id, info.version,
-                       {k: v.nbytes for k, v in params.items()})
+                       {k: v.nbytes for k, v in params.items()}, _declared_outputs(graph))
 
     def ops(self) -> list[dict[str, Any]]:
         response = self.transport.call("ListOps", pb.ListOpsRequest)
@@ -197,13 +208,15 @@ class Session:
     """A graph whose parameters live on the server: each step ships only the batch."""
 
     def __init__(self, client: Client, session_id: str, graph_id: str, version: int,
-                 param_bytes: dict[str, int] | None = None):
+                 param_bytes: dict[str, int] | None = None, outputs: tuple[str, ...] | None = None):
         self.client, self.session_id, self.graph_id, self.version = client, session_id, graph_id, version
         self._param_bytes = dict(param_bytes or {})  # the size of the gradients to expect
+        self._outputs = outputs  # the graph's declared outputs (None: unknown)
 
     def run(self, batch: dict[str, Any], **kwargs) -> RemoteResult:
         return self.client.run(self.graph_id, None, batch, session_id=self.session_id,
-                               session_param_bytes=sum(self._param_bytes.values()), **kwargs)
+                               session_param_bytes=sum(self._param_bytes.values()), graph_outputs=self._outputs,
+                               **kwargs)
 
     def value_and_grad(self, batch: dict[str, Any], return_info: bool = False):
         result = self.run(batch)

@@ -22,13 +22,16 @@ def test_bench_quick_smoke(tmp_path):
     assert any(row["name"] == "mlp/check engine==numpy" and row["pass"] for row in results["rows"])
 
 
-def test_round_orders_vary_every_variants_predecessor():
+def test_round_orders_balance_positions_and_vary_predecessors():
     from gradwire.bench.timing import round_orders
 
-    few = round_orders("abc", 12)
-    assert len(few) == 12 and all(sorted(o) == ["a", "b", "c"] for o in few)
-    assert len(set(few)) == 6  # every permutation
-    many = round_orders("abcdef", 30)
-    assert all(sorted(o) == list("abcdef") for o in many)
-    predecessors = {o[o.index("a") - 1] for o in many if o.index("a") > 0}
-    assert len(predecessors) == 5  # not always the same neighbour, as rotations would give
+    for names in ("abc", "abcd", "abcdef"):
+        n = len(names)
+        orders = round_orders(names, 5 * n)
+        assert len(orders) == 5 * n and all(sorted(o) == sorted(names) for o in orders)
+        for block in range(5):  # every variant in every position once per block of n rounds
+            rounds = orders[block * n:(block + 1) * n]
+            assert all(sorted(o[position] for o in rounds) == sorted(names) for position in range(n))
+        predecessors = {o[o.index("a") - 1] for o in orders if o.index("a") > 0}
+        assert len(predecessors) > 1  # not always the same neighbour, as a fixed rotation gives
+    assert round_orders("abcd", 9)[:4] != round_orders("abcd", 9)[4:8]

@@ -73,7 +73,7 @@ def test_decoding_reads_what_protobuf_reads(chunk_bytes, decode_path):
         proto, ours = pb.ComputeRequest.FromString(wire), frames.decode(pb.ComputeRequest, wire)
         assert ours.HasField("header") == proto.HasField("header") and ours.header == proto.header
         for field in ("params", "batch"):
-            assert [(p.name, p.dtype, p.shape, p.offset, bytes(p.data)) for p in getattr(ours, field)] == [
+            assert [(p.name, p.dtype, tuple(p.shape), p.offset, bytes(p.data)) for p in getattr(ours, field)] == [
                 (c.name, c.dtype, tuple(c.shape), c.offset, c.data) for c in getattr(proto, field)]
 
 
@@ -111,7 +111,7 @@ def test_fields_in_any_order_and_repeated_scalars_follow_protobuf(decode_path):
     assert pb.ComputeRequest.FromString(wire).batch[0] == chunk
     assert ours.header.graph_id == "g-1"
     (piece,) = ours.batch
-    assert (piece.name, piece.dtype, piece.shape, bytes(piece.data)) == ("x", pb.FLOAT32, (2,), chunk.data)
+    assert (piece.name, piece.dtype, tuple(piece.shape), bytes(piece.data)) == ("x", pb.FLOAT32, (2,), chunk.data)
 
 
 @pytest.mark.parametrize("garbage", [
@@ -177,3 +177,39 @@ def test_every_piece_size_and_position_gets_aligned_data(monkeypatch):
             for got in frames.decode(pb.ComputeRequest, wire).batch:
                 assert bytes(got.data) == bytes(piece.data)
                 assert (np.frombuffer(got.data, np.uint8).ctypes.data - base) % frames.ALIGN == 0
+
+
+def test_many_tiny_pieces_go_to_protobufs_parser_and_are_refused_by_name(start_server):
+    """A walk in Python costs microseconds a piece before any limit is checked: a message of
+    very many pieces per byte is left to protobuf's C parser, and the Assembler refuses the
+    repeated tensor at its second piece."""
+    wire = pb.ComputeRequest(header=pb.ComputeHeader(graph_id="g-x")).SerializeToString() + b"\x1a\x00" * 100_000
+    assert len(wire) > frames.SMALL_MESSAGE
+    message = frames.decode(pb.ComputeRequest, wire)
+    assert isinstance(message, pb.ComputeRequest) and len(message.batch) == 100_000
+    _, address = start_server()
+    with grpc.insecure_channel(address) as channel:
+        raw = channel.unary_unary("/gradwire.v1.Gradwire/Compute")
+        with pytest.raises(grpc.RpcError) as err:
+            raw(wire, timeout=30)
+    assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+
+
+def test_the_assembler_copies_views_that_are_misaligned_or_small_in_their_message(monkeypatch):
+    monkeypatch.setattr(frames, "SMALL_MESSAGE", -1)  # read in place
+    small, big = np.arange(10, dtype=np.float64), np.arange(1 << 16, dtype=np.float64)
+    wire = next(stream_messages(pb.ComputeRequest, {}, {"batch": {"small": small, "big": big}}, 1 << 20)).encode()
+    assembler = Assembler()
+    assembler.add_message(frames.decode(pb.ComputeRequest, wire), ("batch",))
+    out = assembler.result("batch")
+    message = np.frombuffer(wire, np.uint8)
+    assert np.shares_memory(out["big"], message)  # most of the message: kept in place
+    assert not np.shares_memory(out["small"], message)  # would pin 512 KiB for 80 bytes: copied
+    # data placed off the 16-byte grid (a writer without padding): copied onto it
+    raw = bytes(1) + big.tobytes()
+    piece = frames.Piece("x", pb.FLOAT64, big.shape, 0, memoryview(raw)[1:])
+    assembler = Assembler()
+    assembler.add("batch", piece)
+    x = assembler.result("batch")["x"]
+    assert np.array_equal(x, big) and x.ctypes.data % frames.ALIGN == 0
+    assert not np.shares_memory(x, np.frombuffer(raw, np.uint8))

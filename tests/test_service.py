@@ -264,6 +264,25 @@ def test_session_gradients_larger_than_a_message_stream_back(start_server, caplo
         assert any("method=ValueAndGrad" in r.getMessage() for r in caplog.records)
 
 
+def test_graph_outputs_larger_than_a_message_stream_back(start_server):
+    """Declared outputs come back with every answer: with them, a small request is not sent
+    as a unary call whose one answer message could outgrow the limit."""
+    limit = 2 << 20
+    _, address = start_server(max_message_bytes=limit, chunk_bytes=1 << 20)
+    g = gw.Graph()
+    x, w = g.input("x", (None, 1)), g.param("w", (1, 4096))
+    g.fetch(gw.tanh(x @ w, name="wide"))  # 256 x 4096 float32 = 4 MiB, from a 1 KiB request
+    g.set_loss(gw.sum(g["wide"]))
+    params, batch = {"w": np.full((1, 4096), 0.01, np.float32)}, {"x": np.ones((256, 1), np.float32)}
+    with gw.connect(address, chunk_bytes=1 << 20, max_message_bytes=limit) as small_client:
+        result = small_client.run(g, params, batch)
+        session = small_client.session(g, params)
+        from_session = session.run(batch)
+    local = gw.local().run(g, params, batch)
+    for r in (result, from_session):
+        assert r.loss == local.loss and np.array_equal(r.outputs["wide"], local.outputs["wide"])
+
+
 def test_session_update_params_version_and_close(client, address):
     g, params = _session_graph(d_in=32, hidden=16, dtype="float64")
     rng = np.random.default_rng(6)

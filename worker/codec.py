@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradwire.protos import gradwire_pb2 as pb
-from gradwire.worker.frames import Outgoing, Piece
+from gradwire.worker.frames import ALIGN, Outgoing, Piece
 from gradwire.worker.graph import GraphDef, Node
 from gradwire.worker.spec import DTYPES, TensorSpec, num_elements
 from gradwire.worker.validate import GraphError, LimitError
@@ -83,8 +83,13 @@ def _from_bytes(data: bytes, dtype: np.dtype, shape: tuple[int, ...], what: str)
         raise GraphError(f"{what}: {dtype.name}{list(shape)} needs {expected} bytes, got {len(data)}")
     array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
     _check_bool(array, what)
-    # a misaligned view would not reach BLAS (other bits); a big-endian host needs a swap
-    return array if dtype.isnative and array.flags.aligned else array.astype(dtype)
+    # Keep the zero-copy view only if it is aligned as NumPy allocates (a misaligned array
+    # reaches no BLAS: other bits) and fills most of its buffer (a small view would keep a
+    # whole received message alive); a big-endian host needs a byte swap anyway.
+    buffer_bytes = len(data.obj) if isinstance(data, memoryview) else len(data)
+    if dtype.isnative and array.ctypes.data % ALIGN == 0 and 2 * array.nbytes >= buffer_bytes:
+        return array
+    return array.astype(dtype)  # a copy
 
 
 def _check_bool(array: np.ndarray, what: str) -> None:

@@ -96,9 +96,7 @@ class Program:
         if specs is None:
             sources.update({n: TensorSpec.of(v) for n, v in g.constants.items()})
             specs, _ = infer(g, self.order, sources, self.limits)
-            if len(self._bound) >= 8:  # a handful of shapes in use; clear() is thread-safe
-                self._bound.clear()
-            self._bound[key] = specs
+            _remember(self._bound, key, specs, capacity=8)  # a handful of shapes in use
         return specs
 
     # ------------------------------------------------------------------ backward plan
@@ -106,7 +104,7 @@ class Program:
     def backward_plan(self, wrt: tuple[str, ...]) -> _Backward:
         plan = self._backward_plans.get(wrt)
         if plan is None:
-            plan = self._backward_plans[wrt] = self._make_backward_plan(wrt)
+            plan = _remember(self._backward_plans, wrt, self._make_backward_plan(wrt))
         return plan
 
     def _make_backward_plan(self, wrt: tuple[str, ...]) -> _Backward:
@@ -154,7 +152,7 @@ class Program:
             backward = tuple(tuple(ref for ref in dict.fromkeys(self._saved(i))
                                    if plan.saved_last_use.get(ref) == step and ref not in fetch)
                              for step, i in enumerate(plan.nodes))
-            frees = self._frees_cache[key] = (forward, backward)
+            frees = _remember(self._frees_cache, key, (forward, backward))
         return frees
 
     # ------------------------------------------------------------------ run
@@ -221,6 +219,16 @@ class Program:
             input_grads=finish([w for w in wrt if w in self.graph.inputs]),
             outputs={n: np.array(v) for n, v in outputs.items()},
         )
+
+
+def _remember(cache: dict, key, value, capacity: int = 64):
+    """``cache[key] = value``, emptying a full cache first: keys come from requests (shapes,
+    the order of ``wrt``), so a client must not be able to grow it without bound.
+    ``clear()`` and assignment are each atomic: safe for concurrent requests."""
+    if len(cache) >= capacity:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _own(grad: np.ndarray | None, spec: TensorSpec, handed_out: set[int]) -> np.ndarray:

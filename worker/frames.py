@@ -9,11 +9,14 @@ because an encoded protobuf message is just the concatenation of its encoded fie
   ``TensorChunk`` itself (key, length, the chunk's small fields, a ``padding`` field that
   makes ``data`` start 16-byte aligned, then ``data`` taken straight from the array's
   buffer): one copy, into the bytes gRPC sends.
-* ``decode`` walks the top-level fields, has protobuf parse the small ones and returns
-  every chunk's ``data`` as a memoryview into the received message: a tensor that arrives
-  in one piece is a zero-copy view of it, aligned as NumPy would allocate it (misaligned
-  data, from other writers, is copied by the ``Assembler``: NumPy does not hand unaligned
-  arrays to BLAS, and the bits of a matmul would change).
+* ``decode`` walks the top-level fields of a large message, has protobuf parse the small
+  ones and returns every chunk's ``data`` as a memoryview into the received message: a
+  tensor that arrives in one piece is a zero-copy view of it, 16-byte aligned as NumPy
+  would allocate it. (The ``Assembler`` copies a view that is not so aligned, from other
+  writers: NumPy hands no unaligned array to BLAS, and the bits of a matmul would change.)
+  The result, an ``Incoming``, reads like the message field by field but is not a protobuf
+  message (no ``SerializeToString``, ``MergeFrom``, ...). Small messages, messages of many
+  small pieces and anything the walk cannot read are left to protobuf's own parser.
 
 Any protobuf peer (grpcurl, other languages) reads and writes the same bytes. TensorFlow's
 ``grpc_tensor_coding`` does the same for its tensors.
@@ -29,7 +32,8 @@ from google.protobuf.message import DecodeError
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.worker.validate import GraphError
 
-SMALL_MESSAGE = 64 << 10  # tensor bytes up to which a message is plain protobuf both ways (no framing)
+SMALL_MESSAGE = 64 << 10  # bytes up to which a message is plain protobuf both ways (no framing)
+MAX_WALKED_PIECES, MIN_WALKED_PIECE_BYTES = 64, 64 << 10  # beyond 64 + size/64 KiB pieces: protobuf parses
 _LEN = 2  # protobuf wire type of length-delimited fields
 _FIXED = {1: 8, 5: 4}  # wire type -> byte width
 _DATA = pb.TensorChunk.DESCRIPTOR.fields_by_name["data"].number
@@ -105,6 +109,8 @@ class Outgoing:
     def encode(self) -> bytes:
         if sum(len(p.data) for pieces in self.pieces.values() for p in pieces) <= SMALL_MESSAGE:
             return self.build().SerializeToString()  # protobuf's C encoder; small copies cost less
+        # many small pieces, on the other hand, are framed anyway (no copies) and the reader,
+        # seeing too many pieces per byte, hands the message to protobuf's parser
         numbers = tensor_fields(self.cls)
         parts = [self.cls(**self.fields).SerializeToString()]
         position = len(parts[0])
@@ -215,22 +221,35 @@ def _piece(view: memoryview) -> Piece:
     return Piece(head.name, head.dtype, tuple(head.shape), head.offset, data)
 
 
+class _TooManyPieces(Exception):
+    """A message of many small pieces: protobuf's C parser handles it better than a walk."""
+
+
 def decode(cls, data: bytes):
-    """``cls.FromString(data)``, with tensor data left in place (an ``Incoming``) when the
-    type has tensor fields. Raises ``DecodeError`` on bytes that are not a ``cls``."""
+    """``cls.FromString(data)``; for a type with tensor fields and a large message, an
+    ``Incoming`` whose tensor data are views into ``data``. Protobuf's parser stays the
+    arbiter: it reads small messages, messages of many small pieces (a walk in Python
+    would cost ~8 us a piece, before any limit is checked) and whatever the walk cannot
+    read; it raises ``DecodeError`` on bytes that are not a ``cls``."""
     numbers = tensor_fields(cls)
-    if not numbers:
+    if not numbers or len(data) <= SMALL_MESSAGE:
+        return cls.FromString(data)  # tensor fields then hold pb.TensorChunks (small copies)
+    try:
+        return _decode_in_place(cls, numbers, memoryview(data))
+    except (DecodeError, _TooManyPieces):
         return cls.FromString(data)
-    if len(data) <= SMALL_MESSAGE:  # protobuf's C parser; the copies of small data cost less than our walk
-        message = cls.FromString(data)
-        return Incoming(message, {name: [Piece(c.name, c.dtype, tuple(c.shape), c.offset, c.data)
-                                         for c in getattr(message, name)] for name in numbers})
+
+
+def _decode_in_place(cls, numbers: dict[str, int], view: memoryview) -> Incoming:
     names = {number: name for name, number in numbers.items()}
-    view = memoryview(data)
     rest: list[memoryview] = []
     pieces: dict[str, list[Piece]] = {name: [] for name in numbers}
+    budget = MAX_WALKED_PIECES + len(view) // MIN_WALKED_PIECE_BYTES
     for number, wire, start, value_start, end in _fields(view):
         if number in names and wire == _LEN:
+            budget -= 1
+            if budget < 0:
+                raise _TooManyPieces
             pieces[names[number]].append(_piece(view[value_start:end]))
         else:
             rest.append(view[start:end])
