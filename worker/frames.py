@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.worker.validate import GraphError
 
+ALIGN = 16  # where tensor data starts in an encoded message (received bytes objects are 16-aligned too)
 SMALL_MESSAGE = 64 << 10  # bytes up to which a message is plain protobuf both ways (no framing)
 MAX_WALKED_PIECES, MIN_WALKED_PIECE_BYTES = 64, 64 << 10  # beyond 64 + size/64 KiB pieces: protobuf parses
 _LEN = 2  # protobuf wire type of length-delimited fields
@@ -81,7 +82,6 @@ def _key(number: int, wire_type: int = _LEN) -> bytes:
 
 
 _DATA_KEY = _key(_DATA)
-ALIGN = 16  # where tensor data starts in an encoded message (received bytes objects are 16-aligned too)
 _PAD_KEY = _key(pb.TensorChunk.DESCRIPTOR.fields_by_name["padding"].number)
 # no padding field, or one of 2..33 bytes: every remainder modulo ALIGN, whatever the length
 # prefix of the body (which the padding may lengthen by a byte)
@@ -109,8 +109,8 @@ class Outgoing:
     def encode(self) -> bytes:
         if sum(len(p.data) for pieces in self.pieces.values() for p in pieces) <= SMALL_MESSAGE:
             return self.build().SerializeToString()  # protobuf's C encoder; small copies cost less
-        # many small pieces, on the other hand, are framed anyway (no copies) and the reader,
-        # seeing too many pieces per byte, hands the message to protobuf's parser
+        # a large message is framed however many pieces it has; a reader that finds too many
+        # pieces per byte hands it to protobuf's parser
         numbers = tensor_fields(self.cls)
         parts = [self.cls(**self.fields).SerializeToString()]
         position = len(parts[0])
