@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from contextlib import nullcontext
 from typing import Any
 
@@ -12,6 +11,7 @@ from threadpoolctl import threadpool_limits
 from gradwire.client.graph import Graph
 from gradwire.worker.engine import Program, Result
 from gradwire.worker.graph import GraphDef
+from gradwire.worker.lru import LruCache
 from gradwire.worker.shards import run_sharded
 
 
@@ -25,8 +25,7 @@ class LocalEngine:
         # BLAS results depend on its thread count: pin it (as Ray workers do) to match them bitwise
         self.blas_threads = blas_threads
         self.check_finite = check_finite
-        self._programs: OrderedDict[int, tuple[GraphDef, Program, tuple]] = OrderedDict()
-        self._cache_size = cache_size
+        self._programs: LruCache[int, tuple[GraphDef, Program, tuple]] = LruCache(cache_size)
 
     def program(self, graph: Graph | GraphDef) -> Program:
         graph_def = graph.graph_def if isinstance(graph, Graph) else graph
@@ -37,13 +36,8 @@ class LocalEngine:
         state = (len(graph_def.nodes), graph_def.loss, tuple(graph_def.outputs), graph_def.batch_reduction)
         hit = self._programs.get(key)
         if hit is not None and hit[0] is graph_def and hit[2] == state:
-            self._programs.move_to_end(key)
             return hit[1]
-        program = Program(graph_def)
-        self._programs[key] = (graph_def, program, state)
-        if len(self._programs) > self._cache_size:
-            self._programs.popitem(last=False)
-        return program
+        return self._programs.put(key, (graph_def, Program(graph_def), state))[1]
 
     def run(self, graph: Graph | GraphDef, params: dict[str, Any], batch: dict[str, Any], *,
             wrt=None, fetch=()) -> Result:

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Callable
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
@@ -24,6 +24,7 @@ from gradwire.server.backend import Job, Outcome, ShardRecord  # noqa: E402
 from gradwire.server.config import ServerConfig  # noqa: E402
 from gradwire.server.status import DeadlineExceeded, WorkersUnavailable  # noqa: E402
 from gradwire.worker.ray_worker import ShardWorker  # noqa: E402
+from gradwire.worker.lru import LruCache  # noqa: E402
 from gradwire.worker.shards import aligned_blocks, combine  # noqa: E402
 from gradwire.worker.validate import GraphError  # noqa: E402
 
@@ -64,8 +65,8 @@ class RayBackend:
             raise RuntimeError(
                 f"{config.workers} Ray workers of {config.worker_cpus} CPU each did not start within "
                 f"{_STARTUP_TIMEOUT_S:.0f}s; the cluster has {ray.cluster_resources().get('CPU', 0)} CPUs") from None
-        self._graph_refs: OrderedDict[str, ray.ObjectRef] = OrderedDict()
-        self._param_refs: OrderedDict[str, ray.ObjectRef] = OrderedDict()
+        self._graph_refs: LruCache[str, ray.ObjectRef] = LruCache(64)
+        self._param_refs: LruCache[str, ray.ObjectRef] = LruCache(4)
 
     def _spawn(self, index: int):
         return self._actor_cls.options(
@@ -89,17 +90,6 @@ class RayBackend:
             self.replaced += 1
         log.warning("worker-%d lost; replaced", index)
 
-    @staticmethod
-    def _cached_put(cache: OrderedDict, key: str, make, capacity: int):
-        ref = cache.get(key)
-        if ref is None:
-            ref = cache[key] = ray.put(make())
-            while len(cache) > capacity:
-                cache.popitem(last=False)
-        else:
-            cache.move_to_end(key)
-        return ref
-
     def _block_size(self, n_shards: int, fetch: tuple[str, ...]) -> int:
         """Shards per task: enough tasks to keep every worker's pipeline full, and no more,
         since each task costs a round trip, an object-store put and a gradient-sized result.
@@ -117,8 +107,8 @@ class RayBackend:
         plan = job.plan()
         fetched = job.fetch or job.graph.program.graph.outputs
         units = aligned_blocks(len(plan), self._block_size(len(plan), fetched))
-        graph_ref = self._cached_put(self._graph_refs, job.graph.graph_id, lambda: job.graph.proto_bytes, 64)
-        params_ref = self._cached_put(self._param_refs, job.params_key, lambda: job.params, 4)
+        graph_ref = self._graph_refs.get_or_make(job.graph.graph_id, lambda: ray.put(job.graph.proto_bytes))
+        params_ref = self._param_refs.get_or_make(job.params_key, lambda: ray.put(job.params))
         unit_refs: list = [None] * len(units)  # each unit's rows are put once, when they are in; retries reuse it
         t1 = time.perf_counter()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +13,7 @@ from gradwire.protos import gradwire_pb2 as pb
 from gradwire.server.status import NotFound
 from gradwire.worker.codec import graph_from_proto, graph_id_of_proto
 from gradwire.worker.engine import Program
+from gradwire.worker.lru import LruCache
 from gradwire.worker.validate import GraphError, Limits
 
 
@@ -28,33 +28,21 @@ class GraphStore:
     """Validated programs by graph id, least recently used evicted beyond ``capacity``."""
 
     def __init__(self, limits: Limits, capacity: int):
-        self.limits, self.capacity = limits, capacity
-        self._items: OrderedDict[str, Registered] = OrderedDict()
-        self._lock = threading.Lock()
+        self.limits = limits
+        self._items: LruCache[str, Registered] = LruCache(capacity)
 
     def register(self, graph: pb.Graph) -> Registered:
         graph_id = graph_id_of_proto(graph)
-        with self._lock:
-            hit = self._items.get(graph_id)
-            if hit is not None:
-                self._items.move_to_end(graph_id)
-                return hit
-        # validate outside the lock: a 100k-node graph must not stall other requests
-        program = Program(graph_from_proto(graph, self.limits.max_tensor_elements), self.limits)
-        item = Registered(graph_id, program, graph.SerializeToString(deterministic=True))
-        with self._lock:
-            self._items[graph_id] = item
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return item
+        # validated outside the cache's lock: a 100k-node graph must not stall other requests
+        return self._items.get_or_make(graph_id, lambda: Registered(
+            graph_id, Program(graph_from_proto(graph, self.limits.max_tensor_elements), self.limits),
+            graph.SerializeToString(deterministic=True)))
 
     def get(self, graph_id: str) -> Registered:
-        with self._lock:
-            hit = self._items.get(graph_id)
-            if hit is None:
-                raise NotFound(f"unknown graph id {graph_id!r}; register the graph first")
-            self._items.move_to_end(graph_id)
-            return hit
+        hit = self._items.get(graph_id)
+        if hit is None:
+            raise NotFound(f"unknown graph id {graph_id!r}; register the graph first")
+        return hit
 
 
 @dataclass
@@ -76,39 +64,31 @@ class Session:
 
 class SessionStore:
     def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._items: OrderedDict[str, Session] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: LruCache[str, Session] = LruCache(capacity)
+        self._update_lock = threading.Lock()  # an update reads and replaces a snapshot
         self._versions = itertools.count(1)
 
     def create(self, graph: Registered, params: dict[str, np.ndarray]) -> Session:
         check_params(graph.program, params, partial=False)
         session = Session("s-" + uuid.uuid4().hex, graph, (dict(params), next(self._versions)))
-        with self._lock:
-            self._items[session.session_id] = session
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return session
+        return self._items.put(session.session_id, session)
 
     def get(self, session_id: str) -> Session:
-        with self._lock:
-            session = self._items.get(session_id)
-            if session is None:
-                raise NotFound(f"unknown session id {session_id!r}")
-            self._items.move_to_end(session_id)
-            return session
+        session = self._items.get(session_id)
+        if session is None:
+            raise NotFound(f"unknown session id {session_id!r}")
+        return session
 
     def update(self, session_id: str, params: dict[str, np.ndarray]) -> Session:
         session = self.get(session_id)
         check_params(session.graph.program, params, partial=True)
-        with self._lock:
+        with self._update_lock:
             session.snapshot = ({**session.params, **params}, next(self._versions))
         return session
 
     def close(self, session_id: str) -> None:
-        with self._lock:
-            if self._items.pop(session_id, None) is None:
-                raise NotFound(f"unknown session id {session_id!r}")
+        if self._items.pop(session_id) is None:
+            raise NotFound(f"unknown session id {session_id!r}")
 
 
 def check_params(program: Program, params: dict[str, np.ndarray], partial: bool) -> None:

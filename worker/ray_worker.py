@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import OrderedDict
 
 import numpy as np
 
 from gradwire.worker.codec import graph_from_bytes
 from gradwire.worker.engine import Program, Result
+from gradwire.worker.lru import LruCache
 from gradwire.worker.shards import combine, shard_batch
 
 
@@ -27,9 +27,8 @@ class ShardWorker:
         from threadpoolctl import threadpool_limits
 
         self._blas_limit = threadpool_limits(limits=blas_threads)
-        self._programs: OrderedDict[str, Program] = OrderedDict()
-        self._params: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
-        self._cache_size = cache_size
+        self._programs: LruCache[str, Program] = LruCache(cache_size)
+        self._params: LruCache[str, dict[str, np.ndarray]] = LruCache(cache_size)
 
     def identity(self) -> dict:
         node = ""
@@ -41,16 +40,6 @@ class ShardWorker:
             node = socket.gethostname()
         return {"worker": self.name, "pid": os.getpid(), "node": node}
 
-    def _cached(self, cache: OrderedDict, key: str, load):
-        value = cache.get(key)
-        if value is None:
-            value = cache[key] = load()
-            while len(cache) > self._cache_size:
-                cache.popitem(last=False)
-        else:
-            cache.move_to_end(key)
-        return value
-
     def run_shards(self, graph_id: str, graph_ref: list, params_key: str, params_ref: list,
                    batch: dict[str, np.ndarray], bounds: list[tuple[int, int]], weights: list[float],
                    wrt, fetch, check_finite: bool, limits) -> tuple[Result, list[dict]]:
@@ -58,9 +47,8 @@ class ShardWorker:
         are their row ranges in the whole batch), combined as the driver would combine them:
         an aligned block of shards is a subtree of the fixed summation tree. ``graph_ref`` and
         ``params_ref`` hold an object ref in a list so Ray resolves them only on a cache miss."""
-        program = self._cached(self._programs, graph_id,
-                               lambda: Program(graph_from_bytes(_resolve(graph_ref[0])), limits))
-        params = self._cached(self._params, params_key, lambda: _resolve(params_ref[0]))
+        program = self._programs.get_or_make(graph_id, lambda: Program(graph_from_bytes(_resolve(graph_ref[0])), limits))
+        params = self._params.get_or_make(params_key, lambda: _resolve(params_ref[0]))
         base = bounds[0][0]
         results, infos = [], []
         for (start, stop), weight in zip(bounds, weights):
