@@ -115,8 +115,9 @@ class Client:
         # gradients are as large as the parameters (a session's live on the server); fetched
         # values and the graph's own outputs are of unknown size, as is a graph known by id.
         outputs = graph_outputs if session_id else _declared_outputs(graph)
-        request_bytes = sum(a.nbytes for a in (*params.values(), *batch.values()))
-        response_bytes = sum(a.nbytes for a in params.values()) + session_param_bytes
+        param_bytes = sum(a.nbytes for a in params.values())
+        request_bytes = param_bytes + sum(a.nbytes for a in batch.values())
+        response_bytes = param_bytes + session_param_bytes
         small = (request_bytes + response_bytes <= self.chunk_bytes // 2 and outputs == ()
                  and not fetch and not input_grads)
 

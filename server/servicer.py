@@ -191,8 +191,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         phases["encode"] = _ms_since(t)
         info = pb.RunInfo(
             backend=self.backend.name, shard_count=len(outcome.shards), phase_ms=phases,
-            shards=[pb.ShardInfo(index=s.index, start=s.start, stop=s.stop, worker=s.worker, node=s.node,
-                                 pid=s.pid, ms=s.ms, attempts=s.attempts) for s in outcome.shards],
+            shards=[pb.ShardInfo(**vars(s)) for s in outcome.shards],  # ShardRecord mirrors ShardInfo
             server_pid=os.getpid(),
         )
         previous.fields["summary"] = pb.ComputeSummary(
