@@ -30,13 +30,10 @@ class BatchFeed:
         self._error: BaseException | None = None
         self._inputs: dict[str, TensorSpec] = {}
 
-    def start(self, inputs: dict[str, TensorSpec], inline: bool = False) -> "BatchFeed":
-        """Begin reading; ``inline`` reads the whole stream now, in this thread (a unary call)."""
+    def start(self, inputs: dict[str, TensorSpec]) -> "BatchFeed":
+        """Begin reading, in a thread of its own."""
         self._inputs = inputs
-        if inline:
-            self._read()
-        else:
-            threading.Thread(target=self._read, name="gradwire-feed", daemon=True).start()
+        threading.Thread(target=self._read, name="gradwire-feed", daemon=True).start()
         return self
 
     # ------------------------------------------------------------------ the reader thread

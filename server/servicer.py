@@ -140,18 +140,22 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             header = first.header
             session = self.sessions.get(header.session_id) if header.session_id else None
             reg = session.graph if session is not None else self._resolve(header)
-            # the batch streams in while shards already run (see feed.py)
-            feed = BatchFeed(first, requests, Assembler(self.config.max_tensor_elements, self.config.max_request_bytes),
-                             context).start(reg.program.graph.inputs, inline)
+            assembler = Assembler(self.config.max_tensor_elements, self.config.max_request_bytes)
+            if inline:  # a unary call: this one message is the whole request
+                feed = None
+                assembler.add_message(first, ("params", "batch"))
+                sent_params, batch = assembler.result("params"), assembler.result("batch")
+            else:  # the batch streams in while shards already run (see feed.py)
+                feed = BatchFeed(first, requests, assembler, context).start(reg.program.graph.inputs)
+                sent_params, batch = feed.params(), feed.batch()
             version = 0
             if session is not None:
                 params, version = session.snapshot  # one read: an update may land meanwhile
                 params_key = f"{session.session_id}@{version}"
-                if feed.params():
+                if sent_params:
                     raise GraphError("a session request carries no parameters; update the session instead")
             else:
-                params, params_key = feed.params(), call.request_id
-            batch = feed.batch()
+                params, params_key = sent_params, call.request_id
             call.graph_id = reg.graph_id
             program = reg.program
             phases["decode"] = _ms_since(t)
@@ -160,7 +164,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             specs = program.bind(params, batch)  # every check, no allocation
             n = batch_size(program, batch)
             call.batch = str(n)
-            unknown = sorted(set(header.fetch) - set(program.specs))
+            unknown = sorted(name for name in header.fetch if name not in program.specs)
             if unknown:
                 raise GraphError(f"cannot fetch {unknown}: not values of the graph")
             wrt = tuple(header.wrt) or tuple(program.graph.params)
@@ -173,7 +177,8 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             deadline = _deadline(context)
             outcome = self.backend.compute(job, context.is_active, deadline)
             phases.update(outcome.phase_ms)
-            feed.finish()  # the whole stream arrived and checks out (lengths, extra tensors, bools)
+            if feed is not None:
+                feed.finish()  # the whole stream arrived and checks out (lengths, extra tensors, bools)
         finally:
             self._slots.release()
         t = time.perf_counter()

@@ -290,6 +290,24 @@ def test_bad_request(servers, case: Case):
         _assert_good(stub)
 
 
+# The SDK sends a small request as one unary Compute message, which the server decodes
+# without the streaming feed: the same corpus must fail there the same way.
+UNARY = [c for c in CASES if c.method == "ValueAndGrad" and c.id not in ("empty-stream", "second-header")]
+
+
+@pytest.mark.parametrize("case", UNARY, ids=[c.id for c in UNARY])
+def test_bad_request_as_one_unary_message(servers, case: Case):
+    (request,) = case.build()
+    with grpc.insecure_channel(servers(case.server)) as channel:
+        stub = pb_grpc.GradwireStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Compute(request, timeout=30)
+        assert err.value.code() == case.code, err.value.details()
+        for fragment in case.says:
+            assert fragment in err.value.details(), f"{fragment!r} not in {err.value.details()!r}"
+        assert stub.Compute(_compute()[0], timeout=30).summary.loss == _expected_good_loss()
+
+
 def test_corpus_covers_every_code():
     assert {c.code for c in CASES} == {INVALID, EXHAUSTED, NOT_FOUND}
 

@@ -22,6 +22,7 @@ from gradwire.worker.shards import (
     tree_sum,
 )
 from gradwire.worker.spec import TensorSpec
+from gradwire.worker.validate import GraphError
 
 F64 = "float64"
 
@@ -225,6 +226,29 @@ def test_fetched_outputs_do_not_alias_inputs(rng):
     result.outputs["W"][...] = 0
     result.outputs[r.name][...] = 0
     np.testing.assert_array_equal(W0, keep)
+
+
+def test_bind_remembers_shapes_by_name_not_by_position():
+    """A remembered answer must not be handed to a request whose tensors have the same
+    shapes in another order, nor another dtype: each still gets the checks."""
+    g = gw.Graph()
+    x = g.input("x", shape=(None, 3))
+    w, v = g.param("w", shape=(3, 2)), g.param("v", shape=(2, 3))
+    g.set_loss(gw.sum(gw.matmul(gw.matmul(x, w), v)))
+    program = Program(g.graph_def)
+    f32 = np.float32
+    good = {"w": np.ones((3, 2), f32), "v": np.ones((2, 3), f32)}
+    batch = {"x": np.ones((4, 3), f32)}
+    first, loss = program.order[0].name, program.graph.loss
+    assert program.bind(good, batch)[first].shape == (4, 2) and program.bind(good, batch)[loss].shape == ()
+    swapped = {"v": np.ones((3, 2), f32), "w": np.ones((2, 3), f32)}  # same shapes in the same dict order
+    with pytest.raises(GraphError, match="'w'"):
+        program.bind(swapped, batch)
+    with pytest.raises(GraphError, match="'w'"):
+        program.bind({**good, "w": np.ones((3, 2))}, batch)
+    with pytest.raises(GraphError, match="unknown batch input"):
+        program.bind(good, {**batch, "y": np.ones(3, f32)})
+    assert program.bind(good, {"x": np.ones((7, 3), f32)})[first].shape == (7, 2)  # binds anew  # another batch size binds anew
 
 
 def test_input_gradients_on_request(rng):

@@ -24,6 +24,7 @@ _TO_ENUM = {
     DTYPES["int32"]: pb.INT32, DTYPES["int64"]: pb.INT64, DTYPES["bool"]: pb.BOOL,
 }
 _FROM_ENUM = {v: k for k, v in _TO_ENUM.items()}
+_WIRE_DTYPE = {dtype: dtype.newbyteorder("<") for dtype in _TO_ENUM}  # how the bytes on the wire read
 # Tensor bytes per streamed message. Measured for 256 MiB up and down: 4, 8 and 16 MiB
 # within noise of each other; in separate processes smaller messages pipeline better.
 DEFAULT_CHUNK_BYTES = 4 << 20
@@ -68,8 +69,8 @@ def tensor_from_proto(msg: pb.Tensor, what: str, max_elements: int) -> np.ndarra
 
 
 def _checked_shape(dims, what: str, max_elements: int) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in dims)
-    if any(d < 0 for d in shape):
+    shape = tuple(map(int, dims))
+    if shape and min(shape) < 0:
         raise GraphError(f"{what}: negative dimension in shape {shape}")
     n = num_elements(shape)  # exact: (2**32, 2**32) is 2**64, not an overflowed 0
     if n > max_elements:
@@ -81,7 +82,7 @@ def _from_bytes(data: bytes, dtype: np.dtype, shape: tuple[int, ...], what: str)
     expected = num_elements(shape) * dtype.itemsize
     if len(data) != expected:
         raise GraphError(f"{what}: {dtype.name}{list(shape)} needs {expected} bytes, got {len(data)}")
-    array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
+    array = np.frombuffer(data, dtype=_WIRE_DTYPE[dtype]).reshape(shape)
     _check_bool(array, what)
     # Keep the zero-copy view only if it is aligned as NumPy allocates (a misaligned array
     # reaches no BLAS: other bits) and fills most of its buffer (a small view would keep a
@@ -93,7 +94,7 @@ def _from_bytes(data: bytes, dtype: np.dtype, shape: tuple[int, ...], what: str)
 
 
 def _check_bool(array: np.ndarray, what: str) -> None:
-    if array.dtype == np.bool_ and array.size and array.view(np.uint8).max() > 1:
+    if array.dtype.kind == "b" and array.size and array.view(np.uint8).max() > 1:
         raise GraphError(f"{what}: bool tensor holds bytes other than 0 and 1")
 
 

@@ -7,6 +7,7 @@ request with no analysis beyond a metadata-only shape check of the batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 import numpy as np
@@ -38,6 +39,20 @@ class _Backward:
     saved_last_use: dict[str, int]  # value -> the backward position after which it is dead
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """One choice of ``wrt`` and ``fetch`` resolved once into flat steps, so a run does no
+    lookups beyond its values: per forward node (name, op, kernel, inputs, attrs, values
+    dead after it); per backward step (name, inputs, VJP specialised to the inputs that
+    want a gradient, attrs, values dead after it)."""
+
+    forward: tuple[tuple[str, str, Callable, tuple[str, ...], dict, tuple[str, ...]], ...]
+    backward: tuple[tuple[str, tuple[str, ...], Callable, dict, tuple[str, ...]], ...]
+    fetch: tuple[str, ...]
+    param_grads: tuple[str, ...]  # wrt's parameters, in wrt's order
+    input_grads: tuple[str, ...]  # wrt's batch inputs
+
+
 @lru_cache(maxsize=4096)  # read-only views: safe to share, and cheaper than rebuilding per call
 def _placeholder(spec: TensorSpec) -> np.ndarray:
     # A freed activation's stand-in: right shape and dtype, no memory. VJPs that declared
@@ -59,13 +74,26 @@ class Program:
             for ref in node.inputs:
                 self.forward_last_use[ref] = i
         self._backward_plans: dict[tuple[str, ...], _Backward] = {}
-        self._frees_cache: dict[tuple, tuple] = {}
-        self._bound: dict[tuple[TensorSpec, ...], dict[str, TensorSpec]] = {}
+        self._schedules: dict[tuple, _Schedule] = {}
+        self._bound: dict[tuple, dict[str, TensorSpec]] = {}
 
     # ------------------------------------------------------------------ checks
 
     def bind(self, params: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> dict[str, TensorSpec]:
         """Check params and batch against the graph and infer every concrete spec (no allocation)."""
+        g = self.graph
+        if params.keys() == g.params.keys() and batch.keys() == g.inputs.keys():
+            # The answer depends only on the sources' shapes and dtypes, which repeat from
+            # request to request: remember the last few (checked when first computed).
+            key = (tuple((params[n].shape, params[n].dtype) for n in g.params),
+                   tuple((batch[n].shape, batch[n].dtype) for n in g.inputs))
+            specs = self._bound.get(key)
+            if specs is None:
+                specs = _remember(self._bound, key, self._bind(params, batch), capacity=8)  # a handful of shapes in use
+            return specs
+        return self._bind(params, batch)
+
+    def _bind(self, params: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> dict[str, TensorSpec]:
         g = self.graph
         for kind, declared, given in (("parameter", g.params, params), ("batch input", g.inputs, batch)):
             missing = sorted(set(declared) - set(given))
@@ -89,14 +117,8 @@ class Program:
         if batch_sizes and not any(batch_sizes.values()) and g.batch_reduction == "mean":
             raise GraphError(f"empty batch: batch input(s) {sorted(batch_sizes)} hold 0 examples; "
                              "a mean over 0 examples is undefined")
-        # Inference depends only on the source shapes, which repeat from request to request:
-        # remember the last few answers (their limits were checked when first computed).
-        key = tuple(sources.values())
-        specs = self._bound.get(key)
-        if specs is None:
-            sources.update({n: TensorSpec.of(v) for n, v in g.constants.items()})
-            specs, _ = infer(g, self.order, sources, self.limits)
-            _remember(self._bound, key, specs, capacity=8)  # a handful of shapes in use
+        sources.update({n: TensorSpec.of(v) for n, v in g.constants.items()})
+        specs, _ = infer(g, self.order, sources, self.limits)
         return specs
 
     # ------------------------------------------------------------------ backward plan
@@ -108,6 +130,9 @@ class Program:
         return plan
 
     def _make_backward_plan(self, wrt: tuple[str, ...]) -> _Backward:
+        unknown = [w for w in wrt if w not in self.graph.params and w not in self.graph.inputs]
+        if unknown:
+            raise GraphError(f"cannot differentiate with respect to {unknown}: not a parameter or batch input")
         requires = set(wrt)
         for i, node in enumerate(self.order):
             diff = self.ops[i].differentiable(len(node.inputs))
@@ -137,23 +162,29 @@ class Program:
             return [node.name, *node.inputs]
         return [node.name if s == "y" else node.inputs[s] for s in op.saves]
 
-    def _frees(self, wrt: tuple[str, ...], fetch: tuple[str, ...]):
-        """Per forward node and per backward step, the values dead after it (computed once
-        per choice of ``wrt`` and ``fetch``): a value a VJP saves lives until its last
-        backward reader, fetched values and the loss until the end."""
+    def _schedule(self, wrt: tuple[str, ...], fetch: tuple[str, ...]) -> _Schedule:
+        """The steps of a run for ``wrt`` and ``fetch`` (computed once per choice). A value
+        a VJP saves lives until its last backward reader, fetched values and the loss until
+        the end; everything else is freed right after its last forward reader."""
         key = (wrt, fetch)
-        frees = self._frees_cache.get(key)
-        if frees is None:
-            plan = self.backward_plan(wrt)
-            keep = set(plan.saved_last_use) | set(fetch) | {self.graph.loss}
-            forward = tuple(tuple(ref for ref in dict.fromkeys(node.inputs)
-                                  if self.forward_last_use[ref] == i and ref not in keep)
-                            for i, node in enumerate(self.order))
-            backward = tuple(tuple(ref for ref in dict.fromkeys(self._saved(i))
-                                   if plan.saved_last_use.get(ref) == step and ref not in fetch)
-                             for step, i in enumerate(plan.nodes))
-            frees = _remember(self._frees_cache, key, (forward, backward))
-        return frees
+        schedule = self._schedules.get(key)
+        if schedule is not None:
+            return schedule
+        g = self.graph
+        plan = self.backward_plan(wrt)
+        keep = set(plan.saved_last_use) | set(fetch) | {g.loss}
+        forward = tuple(
+            (node.name, node.op, self.ops[i].forward, node.inputs, self.attrs[i],
+             tuple(ref for ref in dict.fromkeys(node.inputs) if self.forward_last_use[ref] == i and ref not in keep))
+            for i, node in enumerate(self.order))
+        backward = tuple(
+            (self.order[i].name, self.order[i].inputs, self.ops[i].vjp_for(need), self.attrs[i],
+             tuple(ref for ref in dict.fromkeys(self._saved(i))
+                   if plan.saved_last_use.get(ref) == step and ref not in fetch))
+            for step, (i, need) in enumerate(zip(plan.nodes, plan.needs)))
+        schedule = _Schedule(forward, backward, fetch, tuple(w for w in wrt if w in g.params),
+                             tuple(w for w in wrt if w in g.inputs))
+        return _remember(self._schedules, key, schedule)
 
     # ------------------------------------------------------------------ run
 
@@ -165,60 +196,42 @@ class Program:
         backward pass (a shard's weight in the batch); the returned loss is scaled alike."""
         specs = specs or self.bind(params, batch)
         wrt = tuple(self.graph.params) if wrt is None else tuple(wrt)
-        unknown = [w for w in wrt if w not in self.graph.params and w not in self.graph.inputs]
-        if unknown:
-            raise GraphError(f"cannot differentiate with respect to {unknown}: not a parameter or batch input")
-        fetch = tuple(fetch) or self.graph.outputs
-        plan = self.backward_plan(wrt)
-        forward_frees, backward_frees = self._frees(wrt, fetch)
+        schedule = self._schedule(wrt, tuple(fetch) or self.graph.outputs)
 
         env: dict[str, np.ndarray] = {**self.graph.constants, **params, **batch}
-        for i, node in enumerate(self.order):
-            op = self.ops[i]
+        for name, op_name, forward, inputs, attrs, frees in schedule.forward:
             try:
-                y = np.asarray(op.forward(*[env[ref] for ref in node.inputs], **self.attrs[i]))
+                y = forward(*[env[ref] for ref in inputs], **attrs)
             except (ValueError, FloatingPointError, IndexError) as exc:
-                raise ExecutionError(str(exc), node.name, node.op) from None
+                raise ExecutionError(str(exc), name, op_name) from None
+            if type(y) is not np.ndarray:  # reductions give NumPy scalars
+                y = np.asarray(y)
             if check_finite and y.dtype.kind == "f" and not np.isfinite(y).all():
-                raise ExecutionError("produced a non-finite value (NaN or Inf)", node.name, node.op)
-            env[node.name] = y
-            for ref in forward_frees[i]:
-                env.pop(ref, None)
+                raise ExecutionError("produced a non-finite value (NaN or Inf)", name, op_name)
+            env[name] = y
+            for ref in frees:
+                del env[ref]
 
-        loss_spec = specs[self.graph.loss]
-        loss = float(env[self.graph.loss]) * loss_scale
-        outputs = {name: env[name] for name in fetch}
-        grads: dict[str, np.ndarray] = {self.graph.loss: np.asarray(loss_scale, loss_spec.dtype)}
-        for i, need, frees in zip(plan.nodes, plan.needs, backward_frees):
-            node, op = self.order[i], self.ops[i]
-            g = grads.pop(node.name)
-            y = env.get(node.name)
+        loss_name = self.graph.loss
+        loss = float(env[loss_name]) * loss_scale
+        outputs = {name: np.array(env[name]) for name in schedule.fetch}
+        grads: dict[str, np.ndarray] = {loss_name: np.asarray(loss_scale, specs[loss_name].dtype)}
+        for name, inputs, input_grads, attrs, frees in schedule.backward:
+            g = grads.pop(name)
+            y = env.get(name)
             if y is None:
-                y = _placeholder(specs[node.name])
-            xs = [env[ref] if ref in env else _placeholder(specs[ref]) for ref in node.inputs]
-            for ref, grad in zip(node.inputs, op.input_grads(need, g, y, xs, self.attrs[i])):
-                if grad is None:
-                    continue
-                # accumulate, never overwrite: a value read twice gets both contributions
-                grads[ref] = grads[ref] + grad if ref in grads else grad
+                y = _placeholder(specs[name])
+            xs = [env[ref] if ref in env else _placeholder(specs[ref]) for ref in inputs]
+            for ref, grad in zip(inputs, input_grads(g, y, xs, attrs)):
+                if grad is not None:
+                    # accumulate, never overwrite: a value read twice gets both contributions
+                    grads[ref] = grads[ref] + grad if ref in grads else grad
             for ref in frees:
                 env.pop(ref, None)
 
         handed_out: set[int] = set()
-
-        def finish(names: list[str]) -> dict[str, np.ndarray]:
-            out = {}
-            for n in names:
-                out[n] = _own(grads.get(n), specs[n], handed_out)
-                handed_out.add(id(out[n]))
-            return out
-
-        return Result(
-            loss=loss,
-            grads=finish([w for w in wrt if w in self.graph.params]),
-            input_grads=finish([w for w in wrt if w in self.graph.inputs]),
-            outputs={n: np.array(v) for n, v in outputs.items()},
-        )
+        return Result(loss=loss, grads=_owned(schedule.param_grads, grads, specs, handed_out),
+                      input_grads=_owned(schedule.input_grads, grads, specs, handed_out), outputs=outputs)
 
 
 def _remember(cache: dict, key, value, capacity: int = 64):
@@ -229,6 +242,15 @@ def _remember(cache: dict, key, value, capacity: int = 64):
         cache.clear()
     cache[key] = value
     return value
+
+
+def _owned(names: tuple[str, ...], grads: dict[str, np.ndarray], specs: dict[str, TensorSpec],
+           handed_out: set[int]) -> dict[str, np.ndarray]:
+    out = {}
+    for name in names:
+        out[name] = _own(grads.get(name), specs[name], handed_out)
+        handed_out.add(id(out[name]))
+    return out
 
 
 def _own(grad: np.ndarray | None, spec: TensorSpec, handed_out: set[int]) -> np.ndarray:

@@ -77,16 +77,27 @@ class Op:
 
     def input_grads(self, needs: Sequence[bool], g, y, xs, attrs) -> list[np.ndarray | None]:
         """Gradients for the inputs flagged in ``needs`` (others ``None``), unbroadcast."""
-        if callable(self.vjp):
-            grads = list(self.vjp(g, y, *xs, **attrs))
-        else:
-            grads = [
-                rule(g, y, *xs, **attrs) if (need and rule is not None) else None
-                for need, rule in zip(needs, self.vjp)
-            ]
-        if self.broadcast:
-            grads = [None if gr is None else unbroadcast(gr, x.shape) for gr, x in zip(grads, xs)]
-        return [gr if need else None for gr, need in zip(grads, needs)]
+        return self.vjp_for(needs)(g, y, xs, attrs)
+
+    def vjp_for(self, needs: Sequence[bool]) -> Callable[..., list[np.ndarray | None]]:
+        """``input_grads`` specialised to one ``needs``: the engine resolves it once per
+        backward plan, so a step runs only the rules it needs and no per-call bookkeeping."""
+        needs = tuple(bool(n) for n in needs)
+        whole = self.vjp if callable(self.vjp) else None
+        rules = () if whole else tuple(rule if need else None for need, rule in zip(needs, self.vjp))
+        broadcast = self.broadcast
+
+        def input_grads(g, y, xs, attrs):
+            if whole is not None:
+                grads = [gr if need else None for gr, need in zip(whole(g, y, *xs, **attrs), needs)]
+            else:
+                grads = [None if rule is None else rule(g, y, *xs, **attrs) for rule in rules]
+            if broadcast:
+                grads = [gr if gr is None or gr.shape == x.shape else unbroadcast(gr, x.shape)
+                         for gr, x in zip(grads, xs)]
+            return grads
+
+        return input_grads
 
 
 OPS: dict[str, Op] = {}
