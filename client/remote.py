@@ -12,7 +12,7 @@ from gradwire.client.graph import Graph
 from gradwire.client.transport import DEFAULT_MAX_MESSAGE_BYTES, Transport
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.worker.codec import (
-    DEFAULT_CHUNK_BYTES, Assembler, assemble, graph_id_of_proto, graph_to_proto, stream_messages,
+    DEFAULT_CHUNK_BYTES, Assembler, assemble, graph_id_of_proto, graph_to_proto, one_message, stream_messages,
 )
 from gradwire.worker.engine import Result
 from gradwire.worker.graph import GraphDef
@@ -125,12 +125,14 @@ class Client:
             header = pb.ComputeHeader(**({} if session_id else ref), session_id=session_id, wrt=wrt or (),
                                       input_grads=input_grads, fetch=fetch,
                                       shards=self.shards if shards is None else shards)
-            messages = lambda: stream_messages(  # noqa: E731
-                pb.ComputeRequest, {"header": header}, {"params": params, "batch": batch}, self.chunk_bytes,
-                row_interleave=() if small else ("batch",))  # the server starts shards as their rows arrive
+            tensors = {"params": params, "batch": batch}
             if small:  # one message each way: a unary call halves gRPC's per-call overhead
-                return [self.transport.call("Compute", lambda: next(messages()), timeout=timeout)]
-            return self.transport.call("ValueAndGrad", messages, stream_in=True, stream_out=True, timeout=timeout)
+                request = one_message(pb.ComputeRequest, {"header": header}, tensors)
+                return [self.transport.call("Compute", lambda: request, timeout=timeout)]
+            return self.transport.call(
+                "ValueAndGrad", lambda: stream_messages(pb.ComputeRequest, {"header": header}, tensors, self.chunk_bytes,
+                                                        row_interleave=("batch",)),  # shards start as rows arrive
+                stream_in=True, stream_out=True, timeout=timeout)
 
         messages = send({}) if session_id else self._with_graph(graph, send)
         assembler = Assembler()

@@ -23,14 +23,13 @@ from gradwire.server.feed import BatchFeed, next_request
 from gradwire.server.jobs import JobManager
 from gradwire.server.status import JobNotDone, Overloaded, status_for
 from gradwire.server.store import GraphStore, Registered, SessionStore
-from gradwire.worker.codec import Assembler, stream_messages
+from gradwire.worker.codec import Assembler, one_message, stream_messages
 from gradwire.worker.frames import Outgoing
 from gradwire.worker.ops import OPS
 from gradwire.worker.shards import batch_size
 from gradwire.worker.validate import GraphError
 
 log = logging.getLogger("gradwire.server")
-_ONE_MESSAGE = 1 << 62  # a unary response carries every tensor whole
 
 
 class _Call:
@@ -184,24 +183,28 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         t = time.perf_counter()
         result = outcome.result
         groups = {"grads": result.grads, "input_grads": result.input_grads, "outputs": result.outputs}
-        # Lazily, one message ahead: the summary rides on the last message, so it can report
-        # the whole encode phase (which includes handing the earlier messages to gRPC).
-        previous = None
-        chunk_bytes = _ONE_MESSAGE if inline else self.config.chunk_bytes
-        for message in stream_messages(pb.ComputeResponse, {}, groups, chunk_bytes):
-            if previous is not None:
-                yield previous
-            previous = message
-        previous = previous or Outgoing(pb.ComputeResponse)
+        if inline:  # a unary call: every tensor whole in the one answer
+            previous = one_message(pb.ComputeResponse, {}, groups)
+        else:  # lazily, one message ahead: the summary rides on the last message, so it can
+            # report the whole encode phase (which includes handing earlier messages to gRPC)
+            previous = None
+            for message in stream_messages(pb.ComputeResponse, {}, groups, self.config.chunk_bytes):
+                if previous is not None:
+                    yield previous
+                previous = message
+            previous = previous or Outgoing(pb.ComputeResponse)
         phases["encode"] = _ms_since(t)
         info = pb.RunInfo(
             backend=self.backend.name, shard_count=len(outcome.shards), phase_ms=phases,
             shards=[pb.ShardInfo(**vars(s)) for s in outcome.shards],  # ShardRecord mirrors ShardInfo
             server_pid=os.getpid(),
         )
-        previous.fields["summary"] = pb.ComputeSummary(
-            loss=result.loss, graph_id=reg.graph_id, request_id=call.request_id, info=info,
-            session_version=version)
+        summary = pb.ComputeSummary(loss=result.loss, graph_id=reg.graph_id, request_id=call.request_id, info=info,
+                                    session_version=version)
+        if inline:
+            previous.summary.CopyFrom(summary)
+        else:
+            previous.fields["summary"] = summary
         yield previous
 
     # ------------------------------------------------------------------ sessions

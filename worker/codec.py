@@ -176,6 +176,15 @@ def tensor_chunks(name: str, array: np.ndarray, chunk_bytes: int) -> Iterator[pb
         yield pb.TensorChunk(name=p.name, dtype=p.dtype, shape=p.shape, offset=p.offset, data=bytes(p.data))
 
 
+def one_message(cls, fields: dict, groups: dict[str, dict[str, np.ndarray]]):
+    """A ``cls`` protobuf carrying ``fields`` and every tensor of ``groups`` whole: the
+    cheap form of a small message (a unary call); large ones go through ``stream_messages``."""
+    return cls(**fields, **{group: [pb.TensorChunk(name=name, dtype=dtype_to_proto(a.dtype), shape=a.shape,
+                                                   data=_little(a).tobytes())
+                                    for name, a in ((n, np.asarray(v)) for n, v in tensors.items())]
+                            for group, tensors in groups.items()})
+
+
 def _nbytes(array: np.ndarray) -> int:
     return array.size * array.dtype.itemsize
 
