@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,13 @@ from gradwire.worker.graph import GraphDef
 class RemoteResult(Result):
     """A server's answer: the engine's ``Result`` plus where and how long it ran."""
 
-    info: dict[str, Any] = field(default_factory=dict)
+    run_info: pb.RunInfo = field(default_factory=pb.RunInfo)
     graph_id: str = ""
+
+    @cached_property
+    def info(self) -> dict[str, Any]:
+        """``run_info`` as plain Python (built on first use: most calls never read it)."""
+        return _info(self.run_info)
 
 
 def _info(msg: pb.RunInfo) -> dict[str, Any]:
@@ -142,7 +148,7 @@ class Client:
                 summary = message.summary
             assembler.add_message(message, ("grads", "input_grads", "outputs"))
         return RemoteResult(summary.loss, assembler.result("grads"), assembler.result("input_grads"),
-                            assembler.result("outputs"), info=_info(summary.info), graph_id=summary.graph_id)
+                            assembler.result("outputs"), run_info=summary.info, graph_id=summary.graph_id)
 
     def value_and_grad(self, graph: Graph | GraphDef | str, params: dict[str, Any], batch: dict[str, Any],
                        return_info: bool = False):
