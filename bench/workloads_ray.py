@@ -282,6 +282,11 @@ def ray_scaling(cfg: Config) -> list[Row]:
     cfg.log("[ray_scaling]   N  gradwire ex/s  ideal ex/s  gradwire/ideal")
     for workers, res in results.items():
         ratio = res["gw_eps"] / res["ideal_eps"]
+        # where the gap is: a worker's own shard compute per step (in-worker timings) bounds the
+        # ratio even with free transport, and the rest of the step the worker waits
+        worker_ms = res["shard_ms"] * res["shards"] / workers
+        compute_bound = res["stats"]["ideal"]["median_ms"] / worker_ms
+        busy = worker_ms / res["stats"]["gradwire"]["median_ms"]
         cfg.log(f"[ray_scaling] {workers:3d}  {res['gw_eps']:13,.0f}  {res['ideal_eps']:10,.0f}  {ratio:14.3f}")
         rows.append(row(f"ray_scaling/ideal numpy N={workers}", stats=res["stats"]["ideal"], ratio=1.0,
                         notes=f"baseline; {res['ideal_eps']:,.0f} examples/s; {workers} spawned process(es) x "
@@ -293,8 +298,11 @@ def ray_scaling(cfg: Config) -> list[Row]:
                         notes=f"ratio = gradwire ex/s / ideal ex/s; {res['gw_eps']:,.0f} examples/s; shards "
                               f"{res['shards']}; paired "
                               f"{1 / paired_ratio(res['samples']['gradwire'], res['samples']['ideal']):.3f}; "
-                              f"phase_ms {fmt_phases(res['phases'])}; loss ok {res['ok']}",
+                              f"phase_ms {fmt_phases(res['phases'])}; loss ok {res['ok']}; a worker's shards "
+                              f"take {worker_ms:.0f} ms per step (busy {busy:.0%} of it), which alone bounds the "
+                              f"ratio at {compute_bound:.2f}",
                         examples_per_s=res["gw_eps"], workers=workers, phase_ms=res["phases"],
+                        compute_bound=compute_bound, worker_busy=busy,
                         samples_ms=ms_list(res["samples"]["gradwire"])))
     if 1 in results and 2 in results:
         speedup = results[2]["gw_eps"] / results[1]["gw_eps"]

@@ -210,7 +210,7 @@ class Program:
                 raise ExecutionError("produced a non-finite value (NaN or Inf)", name, op_name)
             env[name] = y
             for ref in frees:
-                del env[ref]
+                env.pop(ref, None)
 
         loss_name = self.graph.loss
         loss = float(env[loss_name]) * loss_scale
