@@ -31,7 +31,8 @@ DEFAULT_CHUNK_BYTES = 4 << 20
 
 
 def dtype_to_proto(dtype: np.dtype) -> int:
-    return _TO_ENUM[np.dtype(dtype).newbyteorder("=")]  # '>f8' is float64 too: bytes go out little-endian
+    value = _TO_ENUM.get(dtype)  # native dtypes, the common case: one lookup
+    return _TO_ENUM[np.dtype(dtype).newbyteorder("=")] if value is None else value  # '>f8' is float64 too
 
 
 def dtype_from_proto(value: int, what: str) -> np.dtype:
@@ -179,10 +180,13 @@ def tensor_chunks(name: str, array: np.ndarray, chunk_bytes: int) -> Iterator[pb
 def one_message(cls, fields: dict, groups: dict[str, dict[str, np.ndarray]]):
     """A ``cls`` protobuf carrying ``fields`` and every tensor of ``groups`` whole: the
     cheap form of a small message (a unary call); large ones go through ``stream_messages``."""
-    return cls(**fields, **{group: [pb.TensorChunk(name=name, dtype=dtype_to_proto(a.dtype), shape=a.shape,
-                                                   data=_little(a).tobytes())
-                                    for name, a in ((n, np.asarray(v)) for n, v in tensors.items())]
-                            for group, tensors in groups.items()})
+    message = cls(**fields)
+    for group, tensors in groups.items():
+        chunks = getattr(message, group)
+        for name, value in tensors.items():
+            array = np.asarray(value)
+            chunks.add(name=name, dtype=dtype_to_proto(array.dtype), shape=array.shape, data=_little(array).tobytes())
+    return message
 
 
 def _nbytes(array: np.ndarray) -> int:
