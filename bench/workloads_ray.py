@@ -253,14 +253,19 @@ def ray_scaling(cfg: Config) -> list[Row]:
             started = time.perf_counter() - t0
             sess = client.session(graph, params)
 
+            driver_cpu: list[float] = []  # this process: the client, the gRPC server, the Ray driver
+
             def run_gradwire():
+                cpu = time.process_time()
                 loss, grads, info = sess.value_and_grad(batch, return_info=True)
+                driver_cpu.append(time.process_time() - cpu)
                 infos.append(info)
                 return loss
 
             loss = run_gradwire()
             ok = _loss_close(loss, ref_loss)
             infos.clear()
+            driver_cpu.clear()
             samples = timed({"gradwire": run_gradwire, "ideal": ideal.step}, repeats=repeats,
                             warmup=scaled_warmup(cfg))
             ideal_ok = _loss_close(sum(ideal.losses[r] * (b - a) / n for r, (a, b) in
@@ -271,7 +276,7 @@ def ray_scaling(cfg: Config) -> list[Row]:
             "gw_eps": n / (stats["gradwire"]["median_ms"] / 1e3),
             "ideal_eps": n / (stats["ideal"]["median_ms"] / 1e3),
             "phases": phase_medians(infos), "shard_ms": _shard_ms(infos), "spread": _worker_spread(infos),
-            "ideal_threads": ideal.blas_threads, "startup_s": started,
+            "ideal_threads": ideal.blas_threads, "startup_s": started, "driver_cpu_ms": median(driver_cpu) * 1e3,
         }
         cfg.log(f"[ray_scaling] N={workers}: gradwire {res['gw_eps']:,.0f} ex/s, ideal {res['ideal_eps']:,.0f} "
                 f"ex/s (ratio {res['gw_eps'] / res['ideal_eps']:.3f}); Ray up in {started:.1f}s; phase_ms "
@@ -300,9 +305,10 @@ def ray_scaling(cfg: Config) -> list[Row]:
                               f"{1 / paired_ratio(res['samples']['gradwire'], res['samples']['ideal']):.3f}; "
                               f"phase_ms {fmt_phases(res['phases'])}; loss ok {res['ok']}; a worker's shards "
                               f"take {worker_ms:.0f} ms per step (busy {busy:.0%} of it), which alone bounds the "
-                              f"ratio at {compute_bound:.2f}",
+                              f"ratio at {compute_bound:.2f}; client + server + Ray driver use "
+                              f"{res['driver_cpu_ms']:.0f} ms of CPU per step besides",
                         examples_per_s=res["gw_eps"], workers=workers, phase_ms=res["phases"],
-                        compute_bound=compute_bound, worker_busy=busy,
+                        compute_bound=compute_bound, worker_busy=busy, driver_cpu_ms=res["driver_cpu_ms"],
                         samples_ms=ms_list(res["samples"]["gradwire"])))
     if 1 in results and 2 in results:
         speedup = results[2]["gw_eps"] / results[1]["gw_eps"]

@@ -468,6 +468,7 @@ def server_mlp(cfg: Config) -> list[Row]:
     batch_bytes = sum(a.nbytes for a in batch.values())
     chunks = byte_chunks(list(batch.values()))
     infos: dict[str, list[dict]] = {"s1": [], "s8": []}
+    sink_cpu: list[float] = []
 
     with gradwire_server(shards=1) as (_, addr1), gradwire_server() as (server8, addr8), BareGrpc() as bare, \
             gw.connect(addr1) as c1, gw.connect(addr8) as c8:
@@ -489,7 +490,7 @@ def server_mlp(cfg: Config) -> list[Row]:
             "server_s1": lambda: step(sess1, "s1"),
             "server_s8": lambda: step(sess8, "s8"),
             "local_s8": lambda: local8.value_and_grad(graph, params, batch),
-            "grpc_sink": lambda: bare.upload(chunks),
+            "grpc_sink": lambda: sink_cpu.append(_cpu_of(bare.upload, chunks)),
         }
         cfg.log(f"[server_mlp] batch={n}, {mib_str(batch_bytes)} of batch per step, {repeats} rounds "
                 f"interleaved; server shards 1 and {server8.config.shards}; bitwise == gw.local: {same}")
@@ -520,9 +521,17 @@ def server_mlp(cfg: Config) -> list[Row]:
     rows.append(row("server_mlp/bare gRPC sink of batch bytes", stats=stats["grpc_sink"],
                     ratio=stats["grpc_sink"]["median_ms"] / base,
                     notes=f"floor for the transfer: {mib_str(batch_bytes)} client-streamed in 4 MiB chunks, "
-                          f"{sink_mb_s:.0f} MiB/s; ratio is of gw.local()'s step",
+                          f"{sink_mb_s:.0f} MiB/s, {median(sink_cpu) * 1e3:.0f} ms of CPU (client and server); "
+                          f"ratio is of gw.local()'s step",
                     samples_ms=ms_list(samples["grpc_sink"]), **common))
     return rows
+
+
+def _cpu_of(fn, *args) -> float:
+    """The CPU seconds this process spent in ``fn(*args)`` (every thread)."""
+    cpu = time.process_time()
+    fn(*args)
+    return time.process_time() - cpu
 
 
 def mib_str(n_bytes: float) -> str:
