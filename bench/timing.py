@@ -20,6 +20,7 @@ import itertools
 import math
 import os
 import random
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
@@ -187,14 +188,45 @@ def _system_busy_seconds() -> float | None:
 
 
 def _own_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    t = os.times()  # this process's threads; its children are sampled (``_descendants_cpu``)
+    return t.user + t.system
+
+
+def _descendants_cpu() -> dict[int, float]:
+    """CPU-seconds of every live process descending from this one, by pid (Linux /proc):
+    the servers, Ray's raylet and workers a workload starts are its own work, not contention."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    ours, me = {}, os.getpid()
+    for pid in cpu:
+        p, seen = pid, 0
+        while p > 1 and p != me and seen < 64:
+            p, seen = parent.get(p, 0), seen + 1
+        if p == me and pid != me:
+            ours[pid] = cpu[pid]
+    return ours
 
 
 class Contention:
     """How much CPU *other* work used while a block ran: system busy time minus this
-    process's own (all its threads), per second of wall time. ``with Contention() as c:``
-    then ``c.foreign_cpus`` (None where /proc/stat is unavailable) and ``c.load_1min``."""
+    process's own (all its threads) and its descendants' (sampled every ``interval`` s, so a
+    descendant that lives shorter than that is missed), per second of wall time.
+    ``with Contention() as c:`` then ``c.foreign_cpus`` (None where /proc/stat is
+    unavailable) and ``c.load_1min``."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval = interval
 
     def __enter__(self) -> "Contention":
         self.foreign_cpus: float | None = None
@@ -203,15 +235,37 @@ class Contention:
             self.load_1min = os.getloadavg()[0]
         except (AttributeError, OSError):
             pass
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._sample()
+        self._first = dict(self._last)  # CPU they had used before the block is not the block's
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._run, name="bench-contention", daemon=True)
+        self._sampler.start()
         self._start = (time.perf_counter(), _system_busy_seconds(), _own_seconds())
         return self
+
+    def _sample(self) -> None:
+        try:
+            self._last.update(_descendants_cpu())
+        except OSError:  # no /proc: only this process counts as own
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
 
     def __exit__(self, *exc) -> None:
         wall0, busy0, own0 = self._start
         busy1 = _system_busy_seconds()
         wall = time.perf_counter() - wall0
+        own1 = _own_seconds()
+        self._stop.set()
+        self._sampler.join()
+        self._sample()
+        descendants = sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
         if busy0 is not None and busy1 is not None and wall > 0:
-            self.foreign_cpus = max(0.0, ((busy1 - busy0) - (_own_seconds() - own0)) / wall)
+            self.foreign_cpus = max(0.0, ((busy1 - busy0) - (own1 - own0) - descendants) / wall)
 
 
 def busy_warning(foreign_cpus: Sequence[float | None], cpus: int | None = None) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,3 +36,20 @@ def test_round_orders_balance_positions_and_vary_predecessors():
         predecessors = {o[o.index("a") - 1] for o in orders if o.index("a") > 0}
         assert len(predecessors) > 1  # not always the same neighbour, as a fixed rotation gives
     assert round_orders("abcd", 9)[:4] != round_orders("abcd", 9)[4:8]
+
+
+def test_contention_counts_the_work_a_workload_starts_as_its_own():
+    """Servers and Ray workers a workload starts are its descendants: their CPU is not
+    contention, while a process outside the tree is."""
+    from gradwire.bench.timing import Contention
+
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"
+    with Contention(interval=0.1) as own:  # a grandchild, as Ray's workers are (raylet's children),
+        child = subprocess.Popen(["sh", "-c", f"{sys.executable} -c '{spin}' & wait"])
+        time.sleep(1.7)  # and not reaped when the block ends
+    child.wait()
+    with Contention(interval=0.1) as foreign:  # detached: reparented away from this process
+        subprocess.run(["sh", "-c", f"{sys.executable} -c '{spin}' > /dev/null 2>&1 &"], check=True)
+        time.sleep(1.5)
+    assert own.foreign_cpus is not None and foreign.foreign_cpus is not None
+    assert own.foreign_cpus < 0.5 < foreign.foreign_cpus, (own.foreign_cpus, foreign.foreign_cpus)
