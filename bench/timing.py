@@ -194,27 +194,33 @@ def _own_seconds() -> float:
 
 def _descendants_cpu() -> dict[int, float]:
     """CPU-seconds of every live process descending from this one, by pid (Linux /proc):
-    the servers, Ray's raylet and workers a workload starts are its own work, not contention."""
+    the servers, Ray's raylet and workers a workload starts are its own work, not contention.
+    Walks the tree through each task's ``children`` list, so its cost follows the tree's size,
+    not the machine's process count."""
     tick = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    ours: dict[int, float] = {}
+    frontier = [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
+            tasks = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue  # gone meanwhile
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    frontier.extend(int(child) for child in f.read().split())
+            except OSError:
+                pass
+        if pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
         fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        parent[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-    ours, me = {}, os.getpid()
-    for pid in cpu:
-        p, seen = pid, 0
-        while p > 1 and p != me and seen < 64:
-            p, seen = parent.get(p, 0), seen + 1
-        if p == me and pid != me:
-            ours[pid] = cpu[pid]
+        ours[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     return ours
 
 
@@ -235,14 +241,13 @@ class Contention:
             self.load_1min = os.getloadavg()[0]
         except (AttributeError, OSError):
             pass
-        self._first: dict[int, float] = {}
+        self._start = (time.perf_counter(), _system_busy_seconds(), _own_seconds())
         self._last: dict[int, float] = {}
         self._sample()
         self._first = dict(self._last)  # CPU they had used before the block is not the block's
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._run, name="bench-contention", daemon=True)
         self._sampler.start()
-        self._start = (time.perf_counter(), _system_busy_seconds(), _own_seconds())
         return self
 
     def _sample(self) -> None:
@@ -256,13 +261,13 @@ class Contention:
             self._sample()
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._sampler.join()
+        self._sample()
         wall0, busy0, own0 = self._start
         busy1 = _system_busy_seconds()
         wall = time.perf_counter() - wall0
         own1 = _own_seconds()
-        self._stop.set()
-        self._sampler.join()
-        self._sample()
         descendants = sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
         if busy0 is not None and busy1 is not None and wall > 0:
             self.foreign_cpus = max(0.0, ((busy1 - busy0) - (own1 - own0) - descendants) / wall)

@@ -23,7 +23,7 @@ from gradwire.worker.graph import GraphDef
 class RemoteResult(Result):
     """A server's answer: the engine's ``Result`` plus where and how long it ran."""
 
-    run_info: pb.RunInfo = field(default_factory=pb.RunInfo)
+    run_info: pb.RunInfo = field(default_factory=pb.RunInfo, repr=False)
     graph_id: str = ""
 
     @cached_property
@@ -41,6 +41,13 @@ def _info(msg: pb.RunInfo) -> dict[str, Any]:
         "shards": [{"index": s.index, "start": s.start, "stop": s.stop, "worker": s.worker, "node": s.node,
                     "pid": s.pid, "ms": s.ms, "attempts": s.attempts} for s in msg.shards],
     }
+
+
+def _detached(info: pb.RunInfo) -> pb.RunInfo:
+    """A copy that does not keep the whole received response (tensor bytes included) alive."""
+    copy = pb.RunInfo()
+    copy.CopyFrom(info)
+    return copy
 
 
 def _declared_outputs(graph) -> tuple[str, ...] | None:
@@ -148,7 +155,7 @@ class Client:
                 summary = message.summary
             assembler.add_message(message, ("grads", "input_grads", "outputs"))
         return RemoteResult(summary.loss, assembler.result("grads"), assembler.result("input_grads"),
-                            assembler.result("outputs"), run_info=summary.info, graph_id=summary.graph_id)
+                            assembler.result("outputs"), run_info=_detached(summary.info), graph_id=summary.graph_id)
 
     def value_and_grad(self, graph: Graph | GraphDef | str, params: dict[str, Any], batch: dict[str, Any],
                        return_info: bool = False):

@@ -163,7 +163,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             specs = program.bind(params, batch)  # every check, no allocation
             n = batch_size(program, batch)
             call.batch = str(n)
-            unknown = sorted(name for name in header.fetch if name not in program.specs)
+            unknown = sorted({name for name in header.fetch if name not in program.specs})
             if unknown:
                 raise GraphError(f"cannot fetch {unknown}: not values of the graph")
             wrt = tuple(header.wrt) or tuple(program.graph.params)
@@ -176,8 +176,8 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             deadline = _deadline(context)
             outcome = self.backend.compute(job, context.is_active, deadline)
             phases.update(outcome.phase_ms)
-            if feed is not None:
-                feed.finish()  # the whole stream arrived and checks out (lengths, extra tensors, bools)
+            if feed is not None:  # the whole stream arrived and checks out (lengths, bools), and the
+                program.bind(params, feed.finish())  # tensors declared after validation are the graph's too
         finally:
             self._slots.release()
         t = time.perf_counter()

@@ -228,6 +228,9 @@ CASES = [
     Case("no-header", lambda: [pb.ComputeRequest(batch=GOOD_BATCH)], INVALID, ("first message", "header")),
     Case("empty-stream", lambda: [], INVALID, ("first message", "header")),
     Case("second-header", lambda: _compute() + _compute(), INVALID, ("only the first message", "header")),
+    # a tensor declared after the server validated the batch (shards were already running)
+    Case("unknown-batch-input-in-a-later-message",
+         lambda: _compute() + [pb.ComputeRequest(batch=[_whole("zzz", X)])], INVALID, ("unknown batch input", "'zzz'")),
     Case("unknown-graph-id", lambda: _compute(None, graph_id="g-00000000000000000000000000000000"),
          NOT_FOUND, ("unknown graph id", "g-00000000000000000000000000000000")),
     Case("unknown-session-id", lambda: _compute(None, params=[], session_id="s-nope"),
@@ -292,7 +295,8 @@ def test_bad_request(servers, case: Case):
 
 # The SDK sends a small request as one unary Compute message, which the server decodes
 # without the streaming feed: the same corpus must fail there the same way.
-UNARY = [c for c in CASES if c.method == "ValueAndGrad" and c.id not in ("empty-stream", "second-header")]
+MULTI_MESSAGE = ("empty-stream", "second-header", "unknown-batch-input-in-a-later-message")
+UNARY = [c for c in CASES if c.method == "ValueAndGrad" and c.id not in MULTI_MESSAGE]
 
 
 @pytest.mark.parametrize("case", UNARY, ids=[c.id for c in UNARY])

@@ -4,10 +4,13 @@ full run, with its targets, is the benchmark itself, never a unit test)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +41,7 @@ def test_round_orders_balance_positions_and_vary_predecessors():
     assert round_orders("abcd", 9)[:4] != round_orders("abcd", 9)[4:8]
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
 def test_contention_counts_the_work_a_workload_starts_as_its_own():
     """Servers and Ray workers a workload starts are its descendants: their CPU is not
     contention, while a process outside the tree is."""

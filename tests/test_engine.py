@@ -248,7 +248,12 @@ def test_bind_remembers_shapes_by_name_not_by_position():
         program.bind({**good, "w": np.ones((3, 2))}, batch)
     with pytest.raises(GraphError, match="unknown batch input"):
         program.bind(good, {**batch, "y": np.ones(3, f32)})
-    assert program.bind(good, {"x": np.ones((7, 3), f32)})[first].shape == (7, 2)  # binds anew  # another batch size binds anew
+    assert program.bind(good, {"x": np.ones((7, 3), f32)})[first].shape == (7, 2)  # another batch size binds anew
+    checked = []
+    real_bind = program._bind
+    program._bind = lambda *args: checked.append(1) or real_bind(*args)
+    fresh = {k: v.copy() for k, v in good.items()}  # other arrays, same shapes: the remembered answer
+    assert program.bind(fresh, {"x": np.zeros((4, 3), f32)}) is program.bind(good, batch) and checked == []
 
 
 def test_input_gradients_on_request(rng):

@@ -10,7 +10,7 @@ import pytest
 import gradwire as gw
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.worker import frames
-from gradwire.worker.codec import Assembler, graph_to_proto, stream_messages
+from gradwire.worker.codec import Assembler, graph_to_proto, one_message, stream_messages
 from gradwire.worker.validate import GraphError
 
 TENSORS = {
@@ -86,6 +86,27 @@ def test_streams_round_trip_exactly_through_the_framing(decode_path):
         assert out[name].dtype == array.dtype.newbyteorder("=") and out[name].shape == array.shape
         assert np.array_equal(out[name], array)
     assert np.array_equal(assembler.result("params")["w"], np.full((5, 7), 0.25))
+
+
+def test_one_message_is_the_stream_in_one_plain_protobuf():
+    """The small-request form carries every tensor whole with the bytes the framer sends
+    (little-endian, C order: a transposed view and a big-endian array too), and an empty
+    group stays empty."""
+    tensors = {**TENSORS, "transposed": np.arange(12.0).reshape(3, 4).T}
+    header = pb.ComputeHeader(graph_id="g-x")
+    message = one_message(pb.ComputeRequest, {"header": header}, {"params": {}, "batch": tensors})
+    streamed = Assembler()
+    for m in stream_messages(pb.ComputeRequest, {"header": header}, {"params": {}, "batch": tensors}, 1 << 30):
+        streamed.add_message(pb.ComputeRequest.FromString(m.encode()), ("params", "batch"))
+    assert [(c.name, c.offset) for c in message.batch] == [(name, 0) for name in tensors] and not message.params
+    assert pb.ComputeRequest.FromString(message.SerializeToString()) == message and message.header == header
+    whole = Assembler()
+    whole.add_message(message, ("params", "batch"))
+    for name, array in tensors.items():
+        got = whole.result("batch")[name]
+        assert got.dtype == array.dtype.newbyteorder("=") and got.shape == array.shape and np.array_equal(got, array)
+        assert got.tobytes() == streamed.result("batch")[name].tobytes()
+    assert whole.result("params") == {}
 
 
 def test_a_tensor_received_whole_is_a_view_of_the_message():

@@ -81,7 +81,8 @@ class Op:
 
     def vjp_for(self, needs: Sequence[bool]) -> Callable[..., list[np.ndarray | None]]:
         """``input_grads`` specialised to one ``needs``: the engine resolves it once per
-        backward plan, so a step runs only the rules it needs and no per-call bookkeeping."""
+        schedule (a choice of ``wrt`` and ``fetch``), so a step runs only the rules it needs
+        and no per-call bookkeeping."""
         needs = tuple(bool(n) for n in needs)
         whole = self.vjp if callable(self.vjp) else None
         rules = () if whole else tuple(rule if need else None for need, rule in zip(needs, self.vjp))
