@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from gradwire.bench.registry import Config, Row, row, workload  # noqa: E402
 from gradwire.bench.timing import median, summarize  # noqa: E402
 from gradwire.bench.workloads_service import (  # noqa: E402
+    cpu_of,
     fmt_phases,
     gradwire_server,
     ms_list,
@@ -256,9 +257,8 @@ def ray_scaling(cfg: Config) -> list[Row]:
             driver_cpu: list[float] = []  # this process: the client, the gRPC server, the Ray driver
 
             def run_gradwire():
-                cpu = time.process_time()
-                loss, grads, info = sess.value_and_grad(batch, return_info=True)
-                driver_cpu.append(time.process_time() - cpu)
+                (loss, grads, info), cpu = cpu_of(sess.value_and_grad, batch, return_info=True)
+                driver_cpu.append(cpu)
                 infos.append(info)
                 return loss
 

@@ -144,6 +144,23 @@ def subprocess_server(**config: Any) -> Iterator[str]:
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
+def plain_server(service: str, handlers: dict, max_message_bytes: int, max_workers: int):
+    """A started gRPC server on 127.0.0.1 (port 0) with only ``handlers`` for ``service``,
+    the gradwire server's channel options and pool size: (server, its pool, port)."""
+    from concurrent import futures
+
+    import grpc
+
+    from gradwire.server.app import channel_options
+
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bare-rpc")
+    server = grpc.server(pool, options=channel_options(max_message_bytes))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, pool, port
+
+
 class BareGrpc:
     """A plain gRPC server with the gradwire server's options (message limits, thread pool
     size) and three generic handlers on raw bytes (no protobuf anywhere):
@@ -189,25 +206,15 @@ class BareGrpc:
 
     @classmethod
     def _start(cls, max_message_bytes: int, max_workers: int):
-        from concurrent import futures
-
         import grpc
 
-        from gradwire.server.app import channel_options
-
-        pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bare-rpc")
-        server = grpc.server(pool, options=channel_options(max_message_bytes))
         chunk = bytes(CHUNK)
-        handlers = {
+        return plain_server(cls.SERVICE, {
             "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
             "EchoStream": grpc.stream_stream_rpc_method_handler(lambda requests, context: iter(list(requests))),
             "Sink": grpc.stream_unary_rpc_method_handler(cls._sink),
             "Source": grpc.unary_stream_rpc_method_handler(lambda request, context: cls._source(chunk, request)),
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(cls.SERVICE, handlers),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        return server, pool, port
+        }, max_message_bytes, max_workers)
 
     @classmethod
     def serve(cls, max_message_bytes: int, max_workers: int) -> None:
@@ -305,12 +312,9 @@ def floor_server() -> Iterator[str]:
     info, logging, concurrency slots or status mapping. The SDK talks to it unchanged, so
     the latency of this server is the floor of the current stack (CPython, gRPC Python, the
     NumPy engine) for a tiny request, which the real server's row can be read against."""
-    from concurrent import futures
-
     import grpc
 
     from gradwire.protos import gradwire_pb2 as pb
-    from gradwire.server.app import channel_options
     from gradwire.server.config import ServerConfig
     from gradwire.worker.codec import Assembler, graph_from_proto, graph_id_of_proto, one_message
     from gradwire.worker.engine import Program
@@ -321,7 +325,8 @@ def floor_server() -> Iterator[str]:
         header = request.header
         if header.HasField("graph"):
             graph_id = graph_id_of_proto(header.graph)
-            programs.setdefault(graph_id, Program(graph_from_proto(header.graph)))
+            if graph_id not in programs:
+                programs[graph_id] = Program(graph_from_proto(header.graph))
         else:
             graph_id = header.graph_id
         assembler = Assembler()
@@ -332,14 +337,10 @@ def floor_server() -> Iterator[str]:
         return response
 
     config = ServerConfig()
-    pool = futures.ThreadPoolExecutor(max_workers=config.max_concurrent + 8)
-    server = grpc.server(pool, options=channel_options(config.max_message_bytes))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("gradwire.v1.Gradwire", {
+    server, pool, port = plain_server("gradwire.v1.Gradwire", {
         "Compute": grpc.unary_unary_rpc_method_handler(compute, request_deserializer=pb.ComputeRequest.FromString,
                                                        response_serializer=pb.ComputeResponse.SerializeToString),
-    }),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    }, config.max_message_bytes, config.max_concurrent + 8)  # sized as GradwireServer sizes its pool
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -524,7 +525,7 @@ def server_mlp(cfg: Config) -> list[Row]:
             "server_s1": lambda: step(sess1, "s1"),
             "server_s8": lambda: step(sess8, "s8"),
             "local_s8": lambda: local8.value_and_grad(graph, params, batch),
-            "grpc_sink": lambda: sink_cpu.append(_cpu_of(bare.upload, chunks)),
+            "grpc_sink": lambda: sink_cpu.append(cpu_of(bare.upload, chunks)[1]),
         }
         cfg.log(f"[server_mlp] batch={n}, {mib_str(batch_bytes)} of batch per step, {repeats} rounds "
                 f"interleaved; server shards 1 and {server8.config.shards}; bitwise == gw.local: {same}")
@@ -561,11 +562,11 @@ def server_mlp(cfg: Config) -> list[Row]:
     return rows
 
 
-def _cpu_of(fn, *args) -> float:
-    """The CPU seconds this process spent in ``fn(*args)`` (every thread)."""
+def cpu_of(fn, *args, **kwargs) -> tuple[Any, float]:
+    """``fn(*args, **kwargs)`` and the CPU seconds this process spent in it (every thread)."""
     cpu = time.process_time()
-    fn(*args)
-    return time.process_time() - cpu
+    result = fn(*args, **kwargs)
+    return result, time.process_time() - cpu
 
 
 def mib_str(n_bytes: float) -> str:
@@ -658,5 +659,5 @@ def transfer(cfg: Config) -> list[Row]:
     ]
 
 
-__all__ = ["BareGrpc", "floor_server", "gradwire_server", "scaled_repeats", "phase_medians", "fmt_phases", "byte_chunks",
-           "paired_ratio", "ms_list", "mib_str", "seed_graph"]
+__all__ = ["BareGrpc", "cpu_of", "floor_server", "plain_server", "gradwire_server", "scaled_repeats", "phase_medians",
+           "fmt_phases", "byte_chunks", "paired_ratio", "ms_list", "mib_str", "seed_graph"]
