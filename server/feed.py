@@ -40,10 +40,7 @@ class BatchFeed:
 
     def _read(self) -> None:
         try:
-            message = self._first
-            while message is not None:
-                if message is not self._first and message.HasField("header"):
-                    raise GraphError("only the first message of the stream may carry a header")
+            for message in messages_from(self._first, self._requests, self._context):
                 with self._changed:
                     for chunk in message.params:
                         if self._batch_started:
@@ -54,7 +51,6 @@ class BatchFeed:
                         self._batch_started = True
                         self.assembler.add("batch", chunk)
                     self._changed.notify_all()
-                message = next_request(self._requests, self._context)
         except BaseException as exc:  # noqa: BLE001 - handed to the handler thread
             self._fail(exc)
         finally:
@@ -116,6 +112,24 @@ class BatchFeed:
         """Wait for the end of the stream; the complete, checked batch."""
         self._wait(lambda: False)
         return self.assembler.result("batch")
+
+
+def first_request(requests, context=None):
+    """The stream's first message, which must carry the header."""
+    first = next_request(requests, context)
+    if first is None or not first.HasField("header"):
+        raise GraphError("the first message of the stream must carry the header")
+    return first
+
+
+def messages_from(first, requests, context=None) -> Iterator:
+    """``first``, then the rest of the stream; only the first message may carry a header."""
+    message = first
+    while message is not None:
+        yield message
+        message = next_request(requests, context)
+        if message is not None and message.HasField("header"):
+            raise GraphError("only the first message of the stream may carry a header")
 
 
 def next_request(requests, context=None):

@@ -19,7 +19,7 @@ from gradwire.protos import gradwire_pb2 as pb
 from gradwire.protos import gradwire_pb2_grpc as pb_grpc
 from gradwire.server.backend import Backend, Job
 from gradwire.server.config import ServerConfig
-from gradwire.server.feed import BatchFeed, next_request
+from gradwire.server.feed import BatchFeed, first_request, messages_from
 from gradwire.server.jobs import JobManager
 from gradwire.server.status import JobNotDone, Overloaded, status_for
 from gradwire.server.store import GraphStore, Registered, SessionStore
@@ -104,16 +104,10 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     def _read_stream(self, requests, tensor_fields: tuple[str, ...], context=None):
         """The first message's header and the stream's assembled tensors."""
-        first = next_request(requests, context)
-        if first is None or not first.HasField("header"):
-            raise GraphError("the first message of the stream must carry the header")
+        first = first_request(requests, context)
         assembler = Assembler(self.config.max_tensor_elements, self.config.max_request_bytes)
-        message = first
-        while message is not None:
-            if message is not first and message.HasField("header"):
-                raise GraphError("only the first message of the stream may carry a header")
+        for message in messages_from(first, requests, context):
             assembler.add_message(message, tensor_fields)
-            message = next_request(requests, context)
         return first.header, assembler
 
     # ------------------------------------------------------------------ gradients
@@ -133,9 +127,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         try:
             phases: dict[str, float] = {}
             t = time.perf_counter()
-            first = next_request(requests, context)
-            if first is None or not first.HasField("header"):
-                raise GraphError("the first message of the stream must carry the header")
+            first = first_request(requests, context)
             header = first.header
             session = self.sessions.get(header.session_id) if header.session_id else None
             reg = session.graph if session is not None else self._resolve(header)
