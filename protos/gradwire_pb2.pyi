@@ -194,7 +194,7 @@ class ShardInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., worker: _Optional[str] = ..., node: _Optional[str] = ..., pid: _Optional[int] = ..., ms: _Optional[float] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("backend", "shard_count", "shards", "phase_ms", "server_pid")
+    __slots__ = ("backend", "shard_count", "shards", "phase_ms", "server_pid", "sharding", "warnings", "estimated_peak_bytes", "estimated_flops")
     class PhaseMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,12 +207,20 @@ class RunInfo(_message.Message):
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     PHASE_MS_FIELD_NUMBER: _ClassVar[int]
     SERVER_PID_FIELD_NUMBER: _ClassVar[int]
+    SHARDING_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FLOPS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     shard_count: int
     shards: _containers.RepeatedCompositeFieldContainer[ShardInfo]
     phase_ms: _containers.ScalarMap[str, float]
     server_pid: int
-    def __init__(self, backend: _Optional[str] = ..., shard_count: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., phase_ms: _Optional[_Mapping[str, float]] = ..., server_pid: _Optional[int] = ...) -> None: ...
+    sharding: str
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    estimated_peak_bytes: int
+    estimated_flops: float
+    def __init__(self, backend: _Optional[str] = ..., shard_count: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., phase_ms: _Optional[_Mapping[str, float]] = ..., server_pid: _Optional[int] = ..., sharding: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., estimated_peak_bytes: _Optional[int] = ..., estimated_flops: _Optional[float] = ...) -> None: ...
 
 class ComputeSummary(_message.Message):
     __slots__ = ("loss", "graph_id", "request_id", "info", "session_version")

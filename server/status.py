@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 
+from gradwire.worker.cancel import Cancelled
 from gradwire.worker.validate import GraphError, LimitError
 
 
@@ -35,6 +36,8 @@ STATUS_TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (WorkersUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Cancelled, grpc.StatusCode.DEADLINE_EXCEEDED),  # the client is gone or its deadline passed
+    (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (JobNotDone, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 

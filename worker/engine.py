@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 import numpy as np
 
+from gradwire.worker.cancel import NEVER, CancelToken
 from gradwire.worker.graph import GraphDef
 from gradwire.worker.ops import OPS
 from gradwire.worker.spec import TensorSpec
@@ -191,15 +192,18 @@ class Program:
     def run(self, params: dict[str, np.ndarray], batch: dict[str, np.ndarray], *,
             wrt: tuple[str, ...] | None = None, fetch: tuple[str, ...] = (),
             loss_scale: float = 1.0, check_finite: bool = False,
-            specs: dict[str, TensorSpec] | None = None) -> Result:
+            specs: dict[str, TensorSpec] | None = None, cancel: CancelToken | None = None) -> Result:
         """Loss and gradients for ``wrt`` (default: every parameter). ``loss_scale`` seeds the
-        backward pass (a shard's weight in the batch); the returned loss is scaled alike."""
+        backward pass (a shard's weight in the batch); the returned loss is scaled alike.
+        ``cancel`` is checked before every node, forward and backward (``Cancelled``)."""
         specs = specs or self.bind(params, batch)
         wrt = tuple(self.graph.params) if wrt is None else tuple(wrt)
         schedule = self._schedule(wrt, tuple(fetch) or self.graph.outputs)
 
         env: dict[str, np.ndarray] = {**self.graph.constants, **params, **batch}
+        check = (cancel or NEVER).check
         for name, op_name, forward, inputs, attrs, frees in schedule.forward:
+            check()
             try:
                 y = forward(*[env[ref] for ref in inputs], **attrs)
             except (ValueError, FloatingPointError, IndexError) as exc:
@@ -217,6 +221,7 @@ class Program:
         outputs = {name: np.array(env[name]) for name in schedule.fetch}
         grads: dict[str, np.ndarray] = {loss_name: np.asarray(loss_scale, specs[loss_name].dtype)}
         for name, inputs, input_grads, attrs, frees in schedule.backward:
+            check()
             g = grads.pop(name)
             y = env.get(name)
             if y is None:
