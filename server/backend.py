@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from gradwire.server.status import DeadlineExceeded
+from gradwire.worker.cancel import CancelToken
 from gradwire.worker.engine import Result
 from gradwire.worker.shards import batch_size, combine, shard_batch, shard_bounds, shard_weight
 from gradwire.server.store import Registered
@@ -73,7 +73,8 @@ class Backend(Protocol):
     name: str
     default_shards: int  # micro-shards per request when neither the request nor the config says
 
-    def compute(self, job: Job, is_active: Callable[[], bool], deadline: float | None) -> Outcome: ...
+    def compute(self, job: Job, cancel: CancelToken) -> Outcome:
+        """Run every shard of ``job``; stop (``Cancelled``) when ``cancel`` fires."""
 
     def close(self) -> None: ...
 
@@ -84,19 +85,19 @@ class LocalBackend:
     name = "local"
     default_shards = 1  # sequential shards buy nothing in one process; 1 matches gw.local()
 
-    def compute(self, job: Job, is_active: Callable[[], bool], deadline: float | None) -> Outcome:
+    def compute(self, job: Job, cancel: CancelToken) -> Outcome:
         program = job.graph.program
         results, records = [], []
         t0 = time.perf_counter()
         plan = job.plan()
         specs = job.specs if len(plan) == 1 else None  # one shard: the whole batch, bound already
         for index, (start, stop, weight) in enumerate(plan):
-            if not is_active() or (deadline is not None and time.monotonic() > deadline):
-                raise DeadlineExceeded("the call ended (deadline or cancellation) before all shards ran")
+            cancel.check()
             job.wait_rows(stop)
             t = time.perf_counter()
             results.append(program.run(job.params, job.shard(start, stop), wrt=job.wrt, fetch=job.fetch,
-                                       loss_scale=weight, check_finite=job.check_finite, specs=specs))
+                                       loss_scale=weight, check_finite=job.check_finite, specs=specs,
+                                       cancel=cancel))
             records.append(ShardRecord(index, start, stop, "local", "local", os.getpid(),
                                        (time.perf_counter() - t) * 1e3))
         t1 = time.perf_counter()

@@ -27,6 +27,7 @@ from gradwire.protos import gradwire_pb2 as pb
 from gradwire.server.backend import Backend, Job
 from gradwire.server.status import NotFound
 from gradwire.server.store import GraphStore, Registered, check_params
+from gradwire.worker.cancel import CancelToken
 from gradwire.worker.optim import from_config
 from gradwire.worker.validate import GraphError
 
@@ -292,7 +293,7 @@ class JobManager:
                 batch = {k: np.ascontiguousarray(v[rows]) for k, v in run.data.items()}
                 job = Job(run.reg, run.params, f"{spec.job_id}@{run.step}", batch, None, (), spec.shards,
                           self.check_finite)
-                outcome = self.backend.compute(job, lambda: not run.cancel_requested, None)
+                outcome = self.backend.compute(job, CancelToken(probe=lambda: run.cancel_requested))
                 run.params, run.opt_state = optimizer.update(run.params, outcome.result.grads, run.opt_state)
                 run.step += 1
                 run.loss = outcome.result.loss

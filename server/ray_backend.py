@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Callable
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
 
@@ -23,6 +22,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerC
 from gradwire.server.backend import Job, Outcome, ShardRecord  # noqa: E402
 from gradwire.server.config import ServerConfig  # noqa: E402
 from gradwire.server.status import DeadlineExceeded, WorkersUnavailable  # noqa: E402
+from gradwire.worker.cancel import CancelToken  # noqa: E402
 from gradwire.worker.ray_worker import ShardWorker  # noqa: E402
 from gradwire.worker.lru import LruCache  # noqa: E402
 from gradwire.worker.shards import aligned_blocks, combine  # noqa: E402
@@ -102,7 +102,8 @@ class RayBackend:
             block *= 2
         return block
 
-    def compute(self, job: Job, is_active: Callable[[], bool], deadline: float | None) -> Outcome:
+    def compute(self, job: Job, cancel: CancelToken) -> Outcome:
+        deadline = cancel.deadline
         t0 = time.perf_counter()
         plan = job.plan()
         fetched = job.fetch or job.graph.program.graph.outputs
@@ -151,7 +152,7 @@ class RayBackend:
             else:  # nothing running: the next unit's rows are still streaming in
                 ready = []
                 job.wait_rows(rows(pending[0])[1], timeout=wait)
-            if not is_active() or (deadline is not None and time.monotonic() >= deadline):
+            if cancel.cancelled:
                 abandon(DeadlineExceeded("the call ended (deadline or cancellation); outstanding shards cancelled"))
             for ref in ready:
                 unit, worker, handle = inflight.pop(ref)

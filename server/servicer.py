@@ -23,6 +23,7 @@ from gradwire.server.feed import BatchFeed, first_request, messages_from
 from gradwire.server.jobs import JobManager
 from gradwire.server.status import JobNotDone, Overloaded, status_for
 from gradwire.server.store import GraphStore, Registered, SessionStore
+from gradwire.worker.cancel import CancelToken
 from gradwire.worker.codec import Assembler, one_message, stream_messages
 from gradwire.worker.frames import Outgoing
 from gradwire.worker.ops import OPS
@@ -165,8 +166,8 @@ class GradwireServicer(pb_grpc.GradwireServicer):
                 program.backward_plan(job.wrt)  # rejects unknown names before scheduling
             phases["validate"] = _ms_since(t)
 
-            deadline = _deadline(context)
-            outcome = self.backend.compute(job, context.is_active, deadline)
+            cancel = CancelToken(_deadline(context), probe=lambda: not context.is_active())
+            outcome = self.backend.compute(job, cancel)
             phases.update(outcome.phase_ms)
             if feed is not None:  # the whole stream arrived and checks out (lengths, bools), and the
                 program.bind(params, feed.finish())  # tensors declared after validation are the graph's too

@@ -429,10 +429,10 @@ class _GatedBackend(LocalBackend):
     def __init__(self):
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def compute(self, job, is_active, deadline):
+    def compute(self, job, cancel):
         self.entered.set()
         assert self.release.wait(30)
-        return super().compute(job, is_active, deadline)
+        return super().compute(job, cancel)
 
 
 def test_concurrency_limit_rejects_the_second_request(start_server):

@@ -478,13 +478,13 @@ class _FlakyBackend(LocalBackend):
         self.failures, self.calls = failures, 0
         self._lock = threading.Lock()
 
-    def compute(self, job, is_active, deadline):
+    def compute(self, job, cancel):
         with self._lock:
             self.calls += 1
             fail = self.calls <= self.failures
         if fail:
             raise WorkersUnavailable("all workers died (test)")
-        return super().compute(job, is_active, deadline)
+        return super().compute(job, cancel)
 
 
 def test_client_retries_unavailable_from_the_server(start_server, example_graph):

@@ -22,7 +22,7 @@ class RecordingBackend(LocalBackend):
     def __init__(self):
         self.ready_at: list[tuple[int, float]] = []
 
-    def compute(self, job, is_active, deadline):
+    def compute(self, job, cancel):
         wait_rows = job.wait_rows
 
         def recording(stop, timeout=None):
@@ -31,7 +31,7 @@ class RecordingBackend(LocalBackend):
             return ok
 
         job.wait_rows = recording
-        return super().compute(job, is_active, deadline)
+        return super().compute(job, cancel)
 
 
 def _graph():
