@@ -4,6 +4,15 @@ Scheduling is dynamic (a worker gets its next shard when it returns one, so fast
 take more) and results are combined in shard order, so the answer is bitwise the same for
 any worker count or retry. A shard whose worker dies re-runs elsewhere (bounded); a shard
 that fails deterministically fails the request at once.
+
+Caches are keyed only by what the server derives: a graph by its content hash, a parameter
+set by a fresh key per ``ray.put``. A job's ``params_key`` (a session's ``id@version``, or
+None for a request's own parameters) only finds an earlier put of the very same parameter
+object, so whatever key reaches here, no request computes with another's parameters.
+
+When the request's deadline passes or it is cancelled, no new task starts and in-flight
+ones are cancelled; each task also carries the deadline (as wall-clock time) and polls
+Ray's cancellation flag, so a running shard stops within one node's time.
 """
 
 from __future__ import annotations
@@ -12,17 +21,19 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import deque
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
 
 import ray  # noqa: E402
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError  # noqa: E402
+from ray.exceptions import (  # noqa: E402
+    GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError, WorkerCrashedError)
 
 from gradwire.server.backend import Job, Outcome, ShardRecord  # noqa: E402
 from gradwire.server.config import ServerConfig  # noqa: E402
 from gradwire.server.status import DeadlineExceeded, WorkersUnavailable  # noqa: E402
-from gradwire.worker.cancel import CancelToken  # noqa: E402
+from gradwire.worker.cancel import Cancelled, CancelToken  # noqa: E402
 from gradwire.worker.ray_worker import ShardWorker  # noqa: E402
 from gradwire.worker.lru import LruCache  # noqa: E402
 from gradwire.worker.shards import aligned_blocks, combine  # noqa: E402
@@ -66,7 +77,8 @@ class RayBackend:
                 f"{config.workers} Ray workers of {config.worker_cpus} CPU each did not start within "
                 f"{_STARTUP_TIMEOUT_S:.0f}s; the cluster has {ray.cluster_resources().get('CPU', 0)} CPUs") from None
         self._graph_refs: LruCache[str, ray.ObjectRef] = LruCache(64)
-        self._param_refs: LruCache[str, ray.ObjectRef] = LruCache(4)
+        # params_key -> (the parameter object put, the key workers cache it by, its ref)
+        self._param_refs: LruCache[str, tuple[dict, str, ray.ObjectRef]] = LruCache(4)
 
     def _spawn(self, index: int):
         return self._actor_cls.options(
@@ -102,14 +114,31 @@ class RayBackend:
             block *= 2
         return block
 
+    def _params_ref(self, job: Job) -> tuple[str, ray.ObjectRef, bool]:
+        """The key workers cache the job's parameter set by, its object ref, and whether
+        workers should keep it for later requests. A reusable set (``params_key`` not None:
+        a session version) is put once; the cached put is taken only if it was made from
+        this very parameter object, so a key that is not what it claims can at worst cost
+        a put. Every put gets its own worker key, so a worker never holds two sets under one."""
+        if job.params_key is not None:
+            hit = self._param_refs.get(job.params_key)
+            if hit is not None and hit[0] is job.params:
+                return hit[1], hit[2], True
+        worker_key, ref = f"p-{uuid.uuid4().hex}", ray.put(job.params)
+        if job.params_key is not None:
+            self._param_refs.put(job.params_key, (job.params, worker_key, ref))
+        return worker_key, ref, job.params_key is not None
+
     def compute(self, job: Job, cancel: CancelToken) -> Outcome:
         deadline = cancel.deadline
+        # what every task is told: the same instant on the wall clock, which all nodes share
+        wall_deadline = None if deadline is None else time.time() + (deadline - time.monotonic())
         t0 = time.perf_counter()
         plan = job.plan()
         fetched = job.fetch or job.graph.program.graph.outputs
         units = aligned_blocks(len(plan), self._block_size(len(plan), fetched))
         graph_ref = self._graph_refs.get_or_make(job.graph.graph_id, lambda: ray.put(job.graph.proto_bytes))
-        params_ref = self._param_refs.get_or_make(job.params_key, lambda: ray.put(job.params))
+        params_key, params_ref, reuse = self._params_ref(job)
         unit_refs: list = [None] * len(units)  # each unit's rows are put once, when they are in; retries reuse it
         t1 = time.perf_counter()
 
@@ -128,8 +157,11 @@ class RayBackend:
 
         def abandon(exc: BaseException):
             for ref in inflight:
-                ray.cancel(ref)
+                ray.cancel(ref)  # a queued task never starts; a running one stops at its next node
             raise exc
+
+        def ended() -> DeadlineExceeded:
+            return DeadlineExceeded("the call ended (deadline or cancellation); outstanding shards cancelled")
 
         while pending or inflight:
             while pending and idle and job.rows_ready(rows(pending[0])[1]):
@@ -140,9 +172,9 @@ class RayBackend:
                 first, last = units[unit]
                 handle = self.workers[worker]
                 ref = handle.run_shards.remote(
-                    job.graph.graph_id, [graph_ref], job.params_key, [params_ref], unit_refs[unit],
+                    job.graph.graph_id, [graph_ref], params_key, [params_ref], unit_refs[unit],
                     [plan[i][:2] for i in range(first, last)], [plan[i][2] for i in range(first, last)],
-                    job.wrt, job.fetch, job.check_finite, job.graph.program.limits)
+                    job.wrt, job.fetch, job.check_finite, job.graph.program.limits, wall_deadline, reuse)
                 inflight[ref] = (unit, worker, handle)
             wait = 0.05
             if deadline is not None:
@@ -153,11 +185,13 @@ class RayBackend:
                 ready = []
                 job.wait_rows(rows(pending[0])[1], timeout=wait)
             if cancel.cancelled:
-                abandon(DeadlineExceeded("the call ended (deadline or cancellation); outstanding shards cancelled"))
+                abandon(ended())
             for ref in ready:
                 unit, worker, handle = inflight.pop(ref)
                 try:
                     result, infos = ray.get(ref, timeout=60)
+                except TaskCancelledError:  # only we cancel our tasks, and only to end the request
+                    abandon(ended())
                 except _LOST + (GetTimeoutError,):
                     self._replace(worker, handle)
                     idle.append(worker)
@@ -169,6 +203,9 @@ class RayBackend:
                     continue
                 except RayTaskError as exc:
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+                    if isinstance(cause, Cancelled):  # the task saw the deadline (its clock may be a bit
+                        cancel.cancel("a shard stopped at the deadline")  # ahead): the request's end, not a fault
+                        abandon(ended())
                     if isinstance(cause, GraphError):  # deterministic: a retry would fail the same way
                         abandon(cause)
                     abandon(exc)  # unexpected: fail the request, but cancel its other shards first

@@ -419,6 +419,88 @@ def test_concurrent_requests_replace_a_dead_worker_once(served):
     assert len(server.backend.worker_identities()) == 2
 
 
+# ------------------------------------------------------------------ 8. no client-chosen id selects cached data
+
+
+def _raw_compute(graph: gw.Graph, params, batch) -> "pb.ComputeRequest":
+    from gradwire.protos import gradwire_pb2 as pb
+    from gradwire.worker.codec import graph_to_proto, tensor_chunks
+
+    def whole(group):
+        return [next(tensor_chunks(name, np.asarray(a), 1 << 30)) for name, a in group.items()]
+
+    return pb.ComputeRequest(header=pb.ComputeHeader(graph=graph_to_proto(graph.graph_def)),
+                             params=whole(params), batch=whole(batch))
+
+
+def test_a_reused_request_id_never_selects_another_calls_parameters(served):
+    """Two plain Compute calls with the same ``gradwire-request-id`` and different parameters
+    each get their own exact answer: no driver or worker cache is keyed by the client's id."""
+    import grpc
+
+    from gradwire.protos import gradwire_pb2_grpc as pb_grpc
+    from gradwire.worker.codec import assemble
+
+    server, _ = served
+    graph = _mlp("float64")
+    _, batch = _data("float64", BATCH)
+    local = gw.local(shards=SHARDS, blas_threads=1)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.GradwireStub(channel)
+        for seed in (21, 22, 23):  # the same id every time; a new parameter set every time
+            params = _data("float64", BATCH, seed=seed)[0]
+            response = stub.Compute(_raw_compute(graph, params, batch), timeout=60,
+                                    metadata=(("gradwire-request-id", "same-id-every-time"),))
+            want_loss, want_grads = local.value_and_grad(graph, params, batch)
+            _assert_bitwise(response.summary.loss, assemble([response], "grads"), want_loss, want_grads,
+                            f"parameters of seed {seed}")
+
+
+@pytest.mark.parametrize("key", ["a-key-reused-for-other-parameters", None])
+def test_backend_keys_parameter_sets_by_what_it_put(served, key):
+    """Whatever key the servicer passes for a plain request (a client's id, or None), a job
+    with other parameters under it computes with its own: the backend caches a parameter
+    set only for the very object it put, under a key it made."""
+    from gradwire.server.backend import Job
+    from gradwire.server.store import Registered
+    from gradwire.worker.cancel import CancelToken
+    from gradwire.worker.codec import graph_id_of_proto, graph_to_proto
+    from gradwire.worker.engine import Program
+
+    server, _ = served
+    graph = _mlp("float64")
+    proto = graph_to_proto(graph.graph_def)
+    reg = Registered(graph_id_of_proto(proto), Program(graph.graph_def), proto.SerializeToString(deterministic=True))
+    _, batch = _data("float64", BATCH)
+    local = gw.local(shards=SHARDS, blas_threads=1)
+    for seed in (31, 32, 31, 33):
+        params = _data("float64", BATCH, seed=seed)[0]
+        outcome = server.backend.compute(Job(reg, params, key, batch, None, (), SHARDS), CancelToken())
+        want_loss, want_grads = local.value_and_grad(graph, params, batch)
+        _assert_bitwise(outcome.result.loss, outcome.result.grads, want_loss, want_grads, f"key {key!r}, seed {seed}")
+
+
+def test_a_session_version_is_put_once_and_an_update_is_seen(served):
+    """A session's ``id@version`` (server-made) still lets its parameters cross once per version."""
+    server, client = served
+    graph = _mlp("float64")
+    params, batch = _data("float64", BATCH, seed=41)
+    new_params = _data("float64", BATCH, seed=42)[0]
+    local = gw.local(shards=SHARDS, blas_threads=1)
+    session = client.session(graph, params)
+    try:
+        key = f"{session.session_id}@{session.version}"
+        _assert_bitwise(*session.value_and_grad(batch), *local.value_and_grad(graph, params, batch), "first run")
+        put = server.backend._param_refs.get(key)
+        _assert_bitwise(*session.value_and_grad(batch), *local.value_and_grad(graph, params, batch), "second run")
+        assert server.backend._param_refs.get(key)[1] == put[1], "the same version was put again"
+        session.update(new_params)
+        _assert_bitwise(*session.value_and_grad(batch), *local.value_and_grad(graph, new_params, batch), "updated")
+        assert server.backend._param_refs.get(f"{session.session_id}@{session.version}")[1] != put[1]
+    finally:
+        session.close()
+
+
 # ------------------------------------------------------------------ 5. bounded retries when workers keep dying
 
 

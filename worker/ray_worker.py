@@ -2,21 +2,32 @@
 server's Ray backend, so this module imports without Ray and tests run it directly).
 
 A worker caches programs by graph id and parameter sets by key, so a graph or a
-parameter version crosses to a worker once, not once per shard or per step.
+parameter version crosses to a worker once, not once per shard or per step. Every key is
+made by the server (a graph's content hash; one fresh key per parameter set the driver
+puts), never chosen by a client, so a key always names the one value it was made for.
+
+A task stops within one node's time when its request ends: its cancellation token asks Ray
+whether the task was cancelled (``ray.cancel`` only sets a flag on a running task of a
+regular actor) and carries the request's deadline.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
+from gradwire.worker.cancel import CancelToken
 from gradwire.worker.codec import graph_from_bytes
 from gradwire.worker.engine import Program, Result
 from gradwire.worker.lru import LruCache
 from gradwire.worker.shards import combine, shard_batch
+
+_ONE_SHOT_SETS = 2  # a request's own parameter set serves only its tasks: keep the last few, not 16
 
 
 class ShardWorker:
@@ -28,7 +39,8 @@ class ShardWorker:
 
         self._blas_limit = threadpool_limits(limits=blas_threads)
         self._programs: LruCache[str, Program] = LruCache(cache_size)
-        self._params: LruCache[str, dict[str, np.ndarray]] = LruCache(cache_size)
+        self._params: LruCache[str, dict[str, np.ndarray]] = LruCache(cache_size)  # reusable sets (sessions, ...)
+        self._one_shot: LruCache[str, dict[str, np.ndarray]] = LruCache(_ONE_SHOT_SETS)  # a plain request's
 
     def identity(self) -> dict:
         node = ""
@@ -42,22 +54,51 @@ class ShardWorker:
 
     def run_shards(self, graph_id: str, graph_ref: list, params_key: str, params_ref: list,
                    batch: dict[str, np.ndarray], bounds: list[tuple[int, int]], weights: list[float],
-                   wrt, fetch, check_finite: bool, limits) -> tuple[Result, list[dict]]:
+                   wrt, fetch, check_finite: bool, limits, deadline: float | None = None,
+                   reuse: bool = True) -> tuple[Result, list[dict]]:
         """Consecutive shards of one request (``batch`` holds exactly their rows; ``bounds``
         are their row ranges in the whole batch), combined as the driver would combine them:
         an aligned block of shards is a subtree of the fixed summation tree. ``graph_ref`` and
-        ``params_ref`` hold an object ref in a list so Ray resolves them only on a cache miss."""
+        ``params_ref`` hold an object ref in a list so Ray resolves them only on a cache miss.
+        ``params_key`` is the driver's key for exactly that parameter set; ``reuse`` False:
+        only this request uses it. ``deadline`` is the request's, as wall-clock time
+        (``time.time()``: what processes on different nodes share); past it, or once Ray
+        cancels the task, the shard stops before its next node (``Cancelled``)."""
+        cancel = task_token(deadline)
+        cancel.check()  # cancelled while it was queued, or the deadline passed on the way
         program = self._programs.get_or_make(graph_id, lambda: Program(graph_from_bytes(_resolve(graph_ref[0])), limits))
-        params = self._params.get_or_make(params_key, lambda: _resolve(params_ref[0]))
+        cache = self._params if reuse else self._one_shot
+        params = cache.get_or_make(params_key, lambda: _resolve(params_ref[0]))
         base = bounds[0][0]
         results, infos = [], []
         for (start, stop), weight in zip(bounds, weights):
             t = time.perf_counter()
             rows = batch if start == stop == 0 else shard_batch(program, batch, start - base, stop - base)
             results.append(program.run(params, rows, wrt=wrt, fetch=fetch, loss_scale=weight,
-                                       check_finite=check_finite))
+                                       check_finite=check_finite, cancel=cancel))
             infos.append({**self.identity(), "ms": (time.perf_counter() - t) * 1e3})
         return combine(results, program), infos
+
+
+def task_token(deadline: float | None) -> CancelToken:
+    """A token for one task: the wall-clock ``deadline`` on this process's monotonic clock,
+    and, inside a Ray task, a probe of Ray's cancellation flag (outside Ray: no probe)."""
+    local = None if deadline is None else time.monotonic() + (deadline - time.time())
+    return CancelToken(local, probe=_ray_cancelled())
+
+
+def _ray_cancelled() -> Callable[[], bool] | None:
+    """``is_canceled`` of the running Ray task (about 0.5 µs a call: cheap enough for every
+    node), or None outside a Ray worker process."""
+    ray = sys.modules.get("ray")  # a Ray worker process has imported it; anywhere else: no task
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        context = ray.get_runtime_context()
+        context.is_canceled()  # raises on a driver or in an async actor
+    except Exception:  # noqa: BLE001 - no task to ask about
+        return None
+    return context.is_canceled
 
 
 def _resolve(value):
