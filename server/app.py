@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
-from concurrent import futures
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gradwire.protos import gradwire_pb2 as pb
+from gradwire.server.admission import Admission
 from gradwire.server.backend import Backend, LocalBackend
 from gradwire.server.config import ServerConfig
+from gradwire.server.jobs import JobManager
 from gradwire.server.servicer import GradwireServicer
+from gradwire.server.store import GraphStore, SessionStore
 from gradwire.worker import frames
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gradwire"].full_name
@@ -42,7 +46,7 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def add_servicer(servicer: GradwireServicer, server: grpc.Server) -> None:
+def add_servicer(servicer: GradwireServicer, server) -> None:
     """The generated ``add_GradwireServicer_to_server``, but with the zero-copy tensor
     (de)serializers of ``frames`` (same bytes on the wire)."""
     service = pb.DESCRIPTOR.services_by_name["Gradwire"]
@@ -68,35 +72,61 @@ def make_backend(config: ServerConfig) -> Backend:
 
 
 class GradwireServer:
-    """A running coordinator: the gRPC server, its health service and its backend."""
+    """A running coordinator: the ``grpc.aio`` server on an event loop of its own thread, its
+    health service, its stores, job manager and backend. Blocking callers (tests, the CLI)
+    drive it through ``start``/``stop``/``wait``."""
 
     def __init__(self, config: ServerConfig, backend: Backend | None = None):
         self.config = config
         if config.keep_freed_memory:
             keep_freed_memory()
         self.backend = backend or make_backend(config)
-        self.servicer = GradwireServicer(config, self.backend)
-        # room beyond max_concurrent so health checks and cheap calls are always answered
-        self._pool = futures.ThreadPoolExecutor(max_workers=config.max_concurrent + 8,
-                                                thread_name_prefix="gradwire-rpc")
-        self.grpc_server = grpc.server(self._pool, options=channel_options(config.max_message_bytes))
+        self.admission = Admission(config.max_concurrent, config.memory_budget_bytes)
+        graphs = GraphStore(config.limits, config.max_graphs)
+        jobs = JobManager(config.job_dir, self.backend, graphs, config.shards or self.backend.default_shards,
+                          config.check_finite, self.admission, config.max_running_jobs, config.max_job_steps)
+        self.servicer = GradwireServicer(config, self.backend, graphs, SessionStore(config.max_sessions), jobs,
+                                         self.admission)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gradwire-loop", daemon=True)
+        self._thread.start()
+        self._stopped = threading.Event()
+        try:
+            self.port = self._on_loop(self._build())
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _on_loop(self, coroutine, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    async def _build(self) -> int:
+        self.grpc_server = grpc.aio.server(options=channel_options(self.config.max_message_bytes))
         add_servicer(self.servicer, self.grpc_server)
-        self.health = health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server)
-        self.port = self.grpc_server.add_insecure_port(f"{config.host}:{config.port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind {config.host}:{config.port}")
-        self._stopped = threading.Event()
+        port = self.grpc_server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if port == 0:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        return port
+
+    async def _start(self) -> None:
+        await self.grpc_server.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def start(self) -> "GradwireServer":
         self.servicer.jobs.resume_all()
-        self.grpc_server.start()
-        for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._on_loop(self._start())
         log.info("gradwire serving on %s:%d (backend=%s)", self.config.host, self.port, self.backend.name)
         return self
+
+    async def _stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self._loop.run_in_executor(None, self.servicer.jobs.stop)  # jobs pause at a step; watchers end
+        await self.grpc_server.stop(grace)
 
     def stop(self, grace: float | None = None) -> None:
         """Health flips to NOT_SERVING first; then new calls are refused and calls in
@@ -104,14 +134,19 @@ class GradwireServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self.health.enter_graceful_shutdown()
-        self.servicer.jobs.stop()  # jobs pause at a step boundary (checkpoints resume them); watchers end
-        self.grpc_server.stop(self.config.grace_seconds if grace is None else grace).wait()
-        self.backend.close()
-        self._pool.shutdown(wait=False)
+        try:
+            self._on_loop(self._stop(self.config.grace_seconds if grace is None else grace))
+        finally:
+            self.servicer.close()
+            self.backend.close()
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
 
     def wait(self) -> None:
-        self.grpc_server.wait_for_termination()
+        self._stopped.wait()
 
 
 def create_server(config: ServerConfig | None = None, backend: Backend | None = None) -> tuple[GradwireServer, int]:

@@ -7,6 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass, fields
 
+from gradwire.server.admission import physical_memory
 from gradwire.worker.codec import DEFAULT_CHUNK_BYTES
 from gradwire.worker.validate import Limits
 
@@ -28,7 +29,14 @@ class ServerConfig:
     max_request_bytes: int = 8 << 30  # tensor bytes per request
     max_nodes: int = 100_000
     max_tensor_elements: int = 2**31  # per input, parameter or intermediate
-    max_concurrent: int = 8  # gradient requests in flight; more get RESOURCE_EXHAUSTED
+    max_concurrent: int = 8  # computations in flight (requests and job steps); more requests get RESOURCE_EXHAUSTED
+    idle_timeout: float = 30.0  # seconds a request stream may send nothing before it is ended
+    memory_budget: int = 0  # bytes shared by all requests and uploads; 0: half the machine's memory
+    max_request_memory: int = 0  # estimated peak bytes of one run; 0: a quarter of the machine's memory
+    max_request_flops: float = 1e15  # estimated floating-point operations of one run
+    max_running_jobs: int = 4  # training jobs running at once; more wait queued
+    max_job_steps: int = 10_000_000  # steps one training job may ask for
+    dataset_read_timeout: float = 60.0  # seconds a job's dataset may take to read at submission
     max_graphs: int = 256  # registered graphs kept (least recently used evicted)
     max_sessions: int = 256
     check_finite: bool = False  # reject NaN/Inf produced by any node
@@ -37,6 +45,14 @@ class ServerConfig:
     pipeline_depth: int = 2  # shards queued per Ray worker at once
     keep_freed_memory: bool = True  # glibc: reuse freed buffers rather than fault in fresh pages
     job_dir: str = os.path.join(tempfile.gettempdir(), "gradwire-jobs")  # job data and checkpoints
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return self.memory_budget or physical_memory() // 2
+
+    @property
+    def max_request_memory_bytes(self) -> int:
+        return self.max_request_memory or physical_memory() // 4
 
     @property
     def limits(self) -> Limits:

@@ -1,18 +1,20 @@
-"""A request's batch as it streams in, so shards can start before the last bytes arrive.
+"""Request streams, read on the server's event loop so that a waiting stream holds no thread.
 
-A reader thread drains the gRPC request iterator into an ``Assembler``; the handler waits
-only for what it needs next: the parameters (complete once the batch starts), the batch
-tensors' declarations (shapes arrive with their first piece, so validation runs early),
-then, shard by shard, the rows a shard covers. Clients send the batch row block by row
-block (``codec.row_interleaved_chunks``); any other order is correct, only slower.
+``RequestStream`` hands out a call's messages one by one and ends a stream that stays
+silent longer than ``--idle-timeout`` (DEADLINE_EXCEEDED). ``BatchFeed`` drains a gradient
+request's stream into an ``Assembler`` in an asyncio task, so shards can start before the
+last bytes arrive; the compute thread waits only for what it needs next: the parameters
+(complete once the batch starts), the batch tensors' declarations (shapes arrive with their
+first piece, so validation runs early), then, shard by shard, the rows a shard covers.
+Clients send the batch row block by row block (``codec.row_interleaved_chunks``); any other
+order is correct, only slower.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
 
-import grpc
 import numpy as np
 
 from gradwire.server.status import DeadlineExceeded
@@ -21,48 +23,113 @@ from gradwire.worker.spec import TensorSpec
 from gradwire.worker.validate import GraphError
 
 
+class RequestStream:
+    """A call's request messages: the first must carry the header, no later one may."""
+
+    def __init__(self, requests, idle_timeout: float):
+        self._requests = requests.__aiter__()
+        self.idle_timeout = idle_timeout
+        self._started = False
+
+    async def _next(self):
+        try:
+            return await asyncio.wait_for(self._requests.__anext__(), self.idle_timeout)
+        except StopAsyncIteration:
+            return None
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"the request stream sent nothing for {self.idle_timeout:g} s "
+                                   "(--idle-timeout); abandoned") from None
+        except Exception as exc:  # noqa: BLE001 - gRPC ends a read of a call that ended with an error
+            if isinstance(exc, GraphError):
+                raise
+            raise DeadlineExceeded("the call ended (deadline or cancellation) while the request was "
+                                   "streaming in") from None
+
+    async def first(self):
+        self._started = True
+        return require_header(await self._next())
+
+    async def next(self):
+        """The next message after the first, None at the end of the stream."""
+        message = await self._next()
+        if message is not None and message.HasField("header"):
+            raise GraphError("only the first message of the stream may carry a header")
+        return message
+
+    async def read_into(self, first, assembler: Assembler, fields: tuple[str, ...]) -> None:
+        """Every tensor piece of the whole stream, ``first`` included, into ``assembler``."""
+        message = first
+        while message is not None:
+            assembler.add_message(message, fields)
+            message = await self.next()
+
+
+def require_header(message):
+    """``message``, which must carry the request's header (a unary request, a stream's first)."""
+    if message is None or not message.HasField("header"):
+        raise GraphError("the first message of the stream must carry the header")
+    return message
+
+
 class BatchFeed:
-    def __init__(self, first, requests: Iterator, assembler: Assembler, context: grpc.ServicerContext | None = None):
-        self._first, self._requests, self.assembler, self._context = first, requests, assembler, context
+    def __init__(self, first, stream: RequestStream, assembler: Assembler):
+        self._first, self._stream, self.assembler = first, stream, assembler
         self._changed = threading.Condition()
         self._batch_started = False
         self._ended = False
         self._error: BaseException | None = None
         self._inputs: dict[str, TensorSpec] = {}
+        self._task: asyncio.Task | None = None
 
-    def start(self, inputs: dict[str, TensorSpec]) -> "BatchFeed":
-        """Begin reading, in a thread of its own."""
-        self._inputs = inputs
-        threading.Thread(target=self._read, name="gradwire-feed", daemon=True).start()
+    def start(self) -> "BatchFeed":
+        """Begin reading, in a task on the running event loop (the graph may not be known yet)."""
+        self._task = asyncio.get_running_loop().create_task(self._read())
         return self
 
-    # ------------------------------------------------------------------ the reader thread
+    def stop(self) -> None:
+        """Stop reading (the call is over); a compute thread still waiting wakes with an error."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
-    def _read(self) -> None:
+    # ------------------------------------------------------------------ the reader task
+
+    async def _read(self) -> None:
         try:
-            for message in messages_from(self._first, self._requests, self._context):
-                with self._changed:
-                    for chunk in message.params:
-                        if self._batch_started:
-                            raise GraphError(f"parameter {chunk.name!r} arrived after the batch began; "
-                                             "a stream sends every parameter before the batch")
-                        self.assembler.add("params", chunk)
-                    for chunk in message.batch:
-                        self._batch_started = True
-                        self.assembler.add("batch", chunk)
-                    self._changed.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - handed to the handler thread
+            message = self._first
+            while message is not None:
+                self._add(message)
+                message = await self._stream.next()
+        except asyncio.CancelledError:
+            self._fail(DeadlineExceeded("the call ended while the request was streaming in"))
+        except BaseException as exc:  # noqa: BLE001 - handed to the compute thread
             self._fail(exc)
         finally:
             with self._changed:
                 self._ended = True
                 self._changed.notify_all()
 
+    def _add(self, message) -> None:
+        with self._changed:
+            for chunk in message.params:
+                if self._batch_started:
+                    raise GraphError(f"parameter {chunk.name!r} arrived after the batch began; "
+                                     "a stream sends every parameter before the batch")
+                self.assembler.add("params", chunk)
+            for chunk in message.batch:
+                self._batch_started = True
+                self.assembler.add("batch", chunk)
+            self._changed.notify_all()
+
     def _fail(self, exc: BaseException) -> None:
         with self._changed:
             self._error = self._error or exc
 
-    # ------------------------------------------------------------------ the handler's side
+    # ------------------------------------------------------------------ the compute thread's side
+
+    def expect(self, inputs: dict[str, TensorSpec]) -> None:
+        """The graph's batch inputs, which ``batch`` and the row waits are about."""
+        with self._changed:
+            self._inputs = dict(inputs)
 
     def _wait(self, ready, timeout: float | None = None) -> bool:
         with self._changed:
@@ -112,37 +179,3 @@ class BatchFeed:
         """Wait for the end of the stream; the complete, checked batch."""
         self._wait(lambda: False)
         return self.assembler.result("batch")
-
-
-def first_request(requests, context=None):
-    """The stream's first message, which must carry the header."""
-    first = next_request(requests, context)
-    if first is None or not first.HasField("header"):
-        raise GraphError("the first message of the stream must carry the header")
-    return first
-
-
-def messages_from(first, requests, context=None) -> Iterator:
-    """``first``, then the rest of the stream; only the first message may carry a header."""
-    message = first
-    while message is not None:
-        yield message
-        message = next_request(requests, context)
-        if message is not None and message.HasField("header"):
-            raise GraphError("only the first message of the stream may carry a header")
-
-
-def next_request(requests, context=None):
-    """The stream's next message (None at its end). When the call ends while the request is
-    streaming in (the client's deadline, a cancellation) gRPC raises a bare RpcError, or,
-    racing with it, ends the stream early: then the request is not complete, not invalid."""
-    ended = "the call ended (deadline or cancellation) while the request was streaming in"
-    try:
-        message = next(requests, None)
-    except grpc.RpcError:
-        raise DeadlineExceeded(ended) from None
-    if message is None and context is not None:
-        remaining = context.time_remaining()
-        if not context.is_active() or (remaining is not None and remaining <= 0):
-            raise DeadlineExceeded(ended)
-    return message

@@ -10,11 +10,13 @@ last checkpoint and end bitwise identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import os
 import re
+import stat
 import threading
 import time
 import uuid
@@ -24,12 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from gradwire.protos import gradwire_pb2 as pb
+from gradwire.server.admission import Admission
 from gradwire.server.backend import Backend, Job
 from gradwire.server.status import NotFound
 from gradwire.server.store import GraphStore, Registered, check_params
 from gradwire.worker.cancel import CancelToken
 from gradwire.worker.optim import from_config
-from gradwire.worker.validate import GraphError
+from gradwire.worker.validate import GraphError, LimitError
 
 log = logging.getLogger("gradwire.server")
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -51,16 +54,24 @@ class JobSpec:
     name: str = ""
 
 
+def _regular_file(path: Path | str) -> Path:
+    """``path`` if it is a regular file: a FIFO or a device would block or never end a read."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file (FIFOs, devices and sockets are refused)")
+    return Path(path)
+
+
 def load_dataset(path: str) -> dict[str, np.ndarray]:
     """The arrays of a dataset: a ``.npz`` file (read into memory) or a directory of
-    ``NAME.npy`` files (memory-mapped, so datasets larger than memory work)."""
+    ``NAME.npy`` files (memory-mapped, so datasets larger than memory work). Only regular
+    files are read."""
     try:
         if os.path.isdir(path):
             files = sorted(Path(path).glob("*.npy"))
             if not files:
                 raise ValueError("the directory holds no .npy files")
-            return {f.stem: np.load(f, mmap_mode="r", allow_pickle=False) for f in files}
-        with np.load(path, allow_pickle=False) as archive:
+            return {f.stem: np.load(_regular_file(f), mmap_mode="r", allow_pickle=False) for f in files}
+        with np.load(_regular_file(path), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except (OSError, ValueError) as exc:
         raise GraphError(f"cannot read dataset {path!r}: {exc}") from None
@@ -145,6 +156,7 @@ class JobRun:
     events: list = field(default_factory=list)
     cancel_requested: bool = False
     changed: threading.Condition = field(default_factory=threading.Condition)
+    _waiters: list = field(default_factory=list)  # (event loop, asyncio.Event) of async watchers
 
     @property
     def steps_per_epoch(self) -> int:
@@ -165,11 +177,30 @@ class JobRun:
         with self.changed:
             self.events.append(event)
             self.changed.notify_all()
+            waiters = list(self._waiters)
+        for loop, ready in waiters:
+            loop.call_soon_threadsafe(ready.set)
+
+    async def wait_for_events(self, seen: int, timeout: float) -> None:
+        """Return once the job has more than ``seen`` events, or after ``timeout`` s; holds no thread."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self.changed:
+            if len(self.events) > seen:
+                return
+            self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1].wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            with self.changed:
+                self._waiters.remove(waiter)
 
 
 class JobManager:
     def __init__(self, job_dir: str, backend: Backend, graphs: GraphStore, default_shards: int,
-                 check_finite: bool = False):
+                 check_finite: bool = False, admission: Admission | None = None, max_running: int = 4,
+                 max_steps: int = 10_000_000):
         self.root = Path(job_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.backend, self.graphs = backend, graphs
@@ -178,6 +209,11 @@ class JobManager:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        # jobs share the compute slots with requests (a step holds one) and run at most
+        # `max_running` at a time; the others stay queued
+        self.admission = admission or Admission(max_concurrent=1 << 20, memory_budget=1 << 62)
+        self._running = threading.BoundedSemaphore(max_running)
+        self.max_steps = max_steps
 
     # ------------------------------------------------------------------ submission
 
@@ -186,7 +222,7 @@ class JobManager:
         try:
             optimizer = json.loads(header.optimizer_json or "{}")
             from_config(optimizer)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise GraphError(f"optimizer: {exc}") from None
         if header.epochs < 1:
             raise GraphError(f"epochs must be >= 1, got {header.epochs}")
@@ -195,6 +231,10 @@ class JobManager:
             raise GraphError("give either data_path or uploaded data, not both")
         data = load_dataset(header.data_path) if header.data_path else uploaded
         n = check_dataset(reg, data, header.batch_size)
+        total_steps = math.ceil(n / header.batch_size) * header.epochs
+        if total_steps > self.max_steps:
+            raise LimitError(f"the job asks for {total_steps} steps ({header.epochs} epochs of "
+                             f"{math.ceil(n / header.batch_size)}); the limit is {self.max_steps} (--max-job-steps)")
 
         job_id = "j-" + uuid.uuid4().hex[:16]
         directory = self.root / job_id
@@ -273,6 +313,19 @@ class JobManager:
     # ------------------------------------------------------------------ the training loop
 
     def _run(self, run: JobRun) -> None:
+        """The job's thread: queued until one of the running places is free, then its steps."""
+        while not self._running.acquire(timeout=0.1):
+            if run.cancel_requested:
+                self._set_state(run, "cancelled")
+                return
+            if self._stopping.is_set():
+                return
+        try:
+            self._train(run)
+        finally:
+            self._running.release()
+
+    def _train(self, run: JobRun) -> None:
         spec = run.spec
         optimizer = from_config(spec.optimizer)
         resumed = run.opt_state is not None
@@ -293,7 +346,7 @@ class JobManager:
                 batch = {k: np.ascontiguousarray(v[rows]) for k, v in run.data.items()}
                 job = Job(run.reg, run.params, f"{spec.job_id}@{run.step}", batch, None, (), spec.shards,
                           self.check_finite)
-                outcome = self.backend.compute(job, CancelToken(probe=lambda: run.cancel_requested))
+                outcome = self._step(job, run)
                 run.params, run.opt_state = optimizer.update(run.params, outcome.result.grads, run.opt_state)
                 run.step += 1
                 run.loss = outcome.result.loss
@@ -315,6 +368,15 @@ class JobManager:
             log.exception("job %s failed", spec.job_id)
             run.error = str(exc)
             self._set_state(run, "failed")
+
+    def _step(self, job: Job, run: JobRun):
+        """One step's compute, holding a compute slot like any request (waiting for it)."""
+        cancel = CancelToken(probe=lambda: run.cancel_requested or self._stopping.is_set())
+        self.admission.wait_slot(cancel)
+        try:
+            return self.backend.compute(job, cancel)
+        finally:
+            self.admission.give_slot()
 
     def _checkpoint(self, run: JobRun, name: str) -> None:
         _save_npz_atomic(run.directory / name, _flatten_state(run.params, run.opt_state, {"step": run.step}))
@@ -345,14 +407,13 @@ class JobManager:
         with self._lock:
             return list(self.jobs.values())
 
-    def watch(self, job_id: str, after_step: int, is_active, poll: float = 0.5):
+    async def watch(self, job_id: str, after_step: int, poll: float = 0.5):
         """Events of steps after ``after_step``, then live ones, until the job ends."""
         run = self.get(job_id)
         sent = 0
-        while is_active() and not self._stopping.is_set():
+        while not self._stopping.is_set():
+            await run.wait_for_events(sent, poll)
             with run.changed:
-                if sent >= len(run.events):
-                    run.changed.wait(poll)
                 fresh = run.events[sent:]
             sent += len(fresh)
             for event in fresh:

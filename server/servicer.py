@@ -1,46 +1,60 @@
-"""The gRPC servicer: decode -> validate -> schedule on the backend -> encode.
+"""The gRPC servicer, on ``grpc.aio``: handlers are coroutines on one event loop, so a stream
+that waits for its client (an upload, a job watcher) holds no thread; CPU work (validation,
+compute, encoding) runs in bounded thread pools. See docs/ARCHITECTURE.md, "Threads".
 
-Every handler runs inside ``_call``, the one place where exceptions become gRPC statuses
-(through ``status.STATUS_TABLE``) and where the per-request log line is written.
+Every handler runs inside ``_unary`` or ``_streaming``, the one place where exceptions
+become gRPC statuses (through ``status.STATUS_TABLE``) and where the per-request log line
+is written.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-import os
-import threading
+import re
 import time
 import uuid
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.protos import gradwire_pb2_grpc as pb_grpc
-from gradwire.server.backend import Backend, Job
+from gradwire.server import gradients
+from gradwire.server.admission import Admission, Holdings, monotonic_deadline
+from gradwire.server.backend import Backend
 from gradwire.server.config import ServerConfig
-from gradwire.server.feed import BatchFeed, first_request, messages_from
+from gradwire.server.feed import BatchFeed, RequestStream, require_header
 from gradwire.server.jobs import JobManager
-from gradwire.server.status import JobNotDone, Overloaded, status_for
-from gradwire.server.store import GraphStore, Registered, SessionStore
+from gradwire.server.status import JobNotDone, status_for
+from gradwire.server.store import GraphStore, SessionStore
 from gradwire.worker.cancel import CancelToken
-from gradwire.worker.codec import Assembler, one_message, stream_messages
-from gradwire.worker.frames import Outgoing
+from gradwire.worker.codec import Assembler, stream_messages
 from gradwire.worker.ops import OPS
-from gradwire.worker.shards import batch_size
 from gradwire.worker.validate import GraphError
 
 log = logging.getLogger("gradwire.server")
+_LABEL = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _label(value: str | None) -> str | None:
+    """A client's request id, if it is a plain short label (it goes into log lines)."""
+    return value if value and _LABEL.fullmatch(value) else None
 
 
 class _Call:
-    """Per-request bookkeeping for the log line."""
+    """Per-request bookkeeping for the log line. The request id labels the log line and the
+    answer; it never selects data."""
 
-    def __init__(self, method: str, context: grpc.ServicerContext):
+    def __init__(self, method: str, context):
         metadata = dict(context.invocation_metadata() or ())
-        self.request_id = metadata.get("gradwire-request-id") or uuid.uuid4().hex[:12]
+        self.request_id = _label(metadata.get("gradwire-request-id")) or uuid.uuid4().hex[:12]
         self.method, self.graph_id, self.batch = method, "-", "-"
         self.started = time.perf_counter()
+
+    def label(self, header) -> None:
+        self.request_id = _label(header.request_id) or self.request_id
 
     def log(self, status: str) -> None:
         ms = (time.perf_counter() - self.started) * 1e3
@@ -49,231 +63,263 @@ class _Call:
 
 
 class GradwireServicer(pb_grpc.GradwireServicer):
-    def __init__(self, config: ServerConfig, backend: Backend):
+    """Handlers over the stores, the job manager and the backend they are given."""
+
+    def __init__(self, config: ServerConfig, backend: Backend, graphs: GraphStore, sessions: SessionStore,
+                 jobs: JobManager, admission: Admission):
         self.config, self.backend = config, backend
-        self.graphs = GraphStore(config.limits, config.max_graphs)
-        self.sessions = SessionStore(config.max_sessions)
-        self._slots = threading.BoundedSemaphore(config.max_concurrent)
+        self.graphs, self.sessions, self.jobs, self.admission = graphs, sessions, jobs, admission
         self.default_shards = config.shards or backend.default_shards
-        self.jobs = JobManager(config.job_dir, backend, self.graphs, self.default_shards, config.check_finite)
+        # compute threads: one per slot, so an admitted request never queues for a thread
+        self.compute_pool = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="gradwire-compute")
+        # registration, dataset reads and other bounded CPU work off the event loop
+        self.light_pool = ThreadPoolExecutor(4, thread_name_prefix="gradwire-light")
+
+    def close(self) -> None:
+        self.compute_pool.shutdown(wait=False, cancel_futures=True)
+        self.light_pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ error mapping
 
-    def _fail(self, call: _Call, context: grpc.ServicerContext, exc: BaseException):
+    def _failure(self, call: _Call, exc: BaseException) -> tuple[grpc.StatusCode, str]:
         code = status_for(exc)
         if code == grpc.StatusCode.INTERNAL:
-            log.exception("request=%s internal error", call.request_id)
+            log.error("request=%s internal error", call.request_id, exc_info=exc)
             message = f"internal error ({type(exc).__name__}); request id {call.request_id}"
         else:
             message = str(exc)
         call.log(code.name)
-        context.abort(code, message)
+        return code, message
 
-    def _unary(self, method: str, context, fn):
+    async def _unary(self, method: str, context, fn):
         call = _Call(method, context)
         try:
-            response = fn(call)
+            response = await fn(call)
+        except asyncio.CancelledError:
+            call.log(_ended_status(context))
+            raise
         except Exception as exc:  # noqa: BLE001 - mapped through the status table
-            self._fail(call, context, exc)
-        call.log(_ended_status(context))
+            await context.abort(*self._failure(call, exc))
+        call.log("OK")
         return response
 
-    def _streaming(self, method: str, context, fn) -> Iterator:
+    async def _streaming(self, method: str, context, fn):
         call = _Call(method, context)
         try:
-            yield from fn(call)
+            async for message in fn(call):
+                yield message
+        except asyncio.CancelledError:
+            call.log(_ended_status(context))
+            raise
         except Exception as exc:  # noqa: BLE001 - mapped through the status table
-            self._fail(call, context, exc)
-        call.log(_ended_status(context))
+            await context.abort(*self._failure(call, exc))
+        call.log("OK")
+
+    # ------------------------------------------------------------------ threads
+
+    async def _light(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.light_pool, functools.partial(fn, *args))
+
+    async def _compute(self, holdings: Holdings, cancel: CancelToken, fn, *args):
+        """``fn(*args)`` in a compute thread; the request's holdings are released when it
+        returns, not when the call ends: a cancelled call's thread stops within one node."""
+        def work():
+            try:
+                return fn(*args)
+            finally:
+                holdings.release()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.compute_pool, work)
+        except asyncio.CancelledError:
+            cancel.cancel("the call was cancelled or its deadline passed")
+            raise
+
+    def _assembler(self, holdings: Holdings) -> Assembler:
+        """An assembler that charges each tensor to the memory budget as it is declared."""
+        return Assembler(self.config.max_tensor_elements, self.config.max_request_bytes,
+                         reserve=lambda nbytes, what: holdings.reserve(nbytes, what))
+
+    def _admitted(self, context) -> tuple[Holdings, CancelToken]:
+        """A compute slot (or RESOURCE_EXHAUSTED) and the call's cancellation token."""
+        holdings = self.admission.holdings()
+        holdings.take_slot()
+        return holdings, CancelToken(monotonic_deadline(context.time_remaining()))
 
     # ------------------------------------------------------------------ graphs
 
-    def RegisterGraph(self, request, context):
-        def run(call):
-            reg = self.graphs.register(request.graph)
+    async def RegisterGraph(self, request, context):
+        async def run(call):
+            reg = await self._light(self.graphs.register, request.graph)
             call.graph_id = reg.graph_id
             return pb.RegisterGraphResponse(graph_id=reg.graph_id, num_nodes=len(reg.program.order))
-        return self._unary("RegisterGraph", context, run)
-
-    def _resolve(self, header) -> Registered:
-        ref = header.WhichOneof("graph_ref")
-        if ref == "graph":
-            return self.graphs.register(header.graph)
-        if ref == "graph_id":
-            return self.graphs.get(header.graph_id)
-        raise GraphError("the request names no graph (graph or graph_id)")
-
-    def _read_stream(self, requests, tensor_fields: tuple[str, ...], context=None):
-        """The first message's header and the stream's assembled tensors."""
-        first = first_request(requests, context)
-        assembler = Assembler(self.config.max_tensor_elements, self.config.max_request_bytes)
-        for message in messages_from(first, requests, context):
-            assembler.add_message(message, tensor_fields)
-        return first.header, assembler
+        return await self._unary("RegisterGraph", context, run)
 
     # ------------------------------------------------------------------ gradients
 
-    def ValueAndGrad(self, request_iterator, context):
-        return self._streaming("ValueAndGrad", context, lambda call: self._value_and_grad(call, request_iterator, context))
+    async def Compute(self, request, context):
+        async def run(call):
+            call.label(require_header(request).header)  # a malformed request raises here, before it holds anything
+            holdings, cancel = self._admitted(context)
+            return await self._compute(holdings, cancel, self._compute_unary, call, request, holdings, cancel)
+        return await self._unary("Compute", context, run)
 
-    def Compute(self, request, context):
-        def run(call):
-            (response,) = self._value_and_grad(call, iter((request,)), context, inline=True)
-            return response
-        return self._unary("Compute", context, run)
-
-    def _value_and_grad(self, call: _Call, requests, context, inline: bool = False):
-        if not self._slots.acquire(blocking=False):
-            raise Overloaded(f"server is at its limit of {self.config.max_concurrent} concurrent requests")
-        try:
-            phases: dict[str, float] = {}
-            t = time.perf_counter()
-            first = first_request(requests, context)
-            header = first.header
-            session = self.sessions.get(header.session_id) if header.session_id else None
-            reg = session.graph if session is not None else self._resolve(header)
-            assembler = Assembler(self.config.max_tensor_elements, self.config.max_request_bytes)
-            if inline:  # a unary call: this one message is the whole request
-                feed = None
-                assembler.add_message(first, ("params", "batch"))
-                sent_params, batch = assembler.result("params"), assembler.result("batch")
-            else:  # the batch streams in while shards already run (see feed.py)
-                feed = BatchFeed(first, requests, assembler, context).start(reg.program.graph.inputs)
-                sent_params, batch = feed.params(), feed.batch()
-            version = 0
-            if session is not None:
-                params, version = session.snapshot  # one read: an update may land meanwhile
-                params_key = f"{session.session_id}@{version}"
-                if sent_params:
-                    raise GraphError("a session request carries no parameters; update the session instead")
-            else:
-                params, params_key = sent_params, call.request_id
-            call.graph_id = reg.graph_id
-            program = reg.program
-            phases["decode"] = _ms_since(t)
-
-            t = time.perf_counter()
-            specs = program.bind(params, batch)  # every check, no allocation
-            n = batch_size(program, batch)
-            call.batch = str(n)
-            unknown = sorted({name for name in header.fetch if name not in program.specs})
-            if unknown:
-                raise GraphError(f"cannot fetch {unknown}: not values of the graph")
-            wrt = tuple(header.wrt) or tuple(program.graph.params)
-            job = Job(reg, params, params_key, batch, wrt + tuple(header.input_grads), tuple(header.fetch),
-                      header.shards or self.default_shards, self.config.check_finite, feed, specs)
-            if header.wrt or header.input_grads:
-                program.backward_plan(job.wrt)  # rejects unknown names before scheduling
-            phases["validate"] = _ms_since(t)
-
-            cancel = CancelToken(_deadline(context), probe=lambda: not context.is_active())
-            outcome = self.backend.compute(job, cancel)
-            phases.update(outcome.phase_ms)
-            if feed is not None:  # the whole stream arrived and checks out (lengths, bools), and the
-                program.bind(params, feed.finish())  # tensors declared after validation are the graph's too
-        finally:
-            self._slots.release()
+    def _compute_unary(self, call: _Call, request, holdings: Holdings, cancel: CancelToken):
         t = time.perf_counter()
-        result = outcome.result
-        groups = {"grads": result.grads, "input_grads": result.input_grads, "outputs": result.outputs}
-        if inline:  # a unary call: every tensor whole in the one answer
-            previous = one_message(pb.ComputeResponse, {}, groups)
-        else:  # lazily, one message ahead: the summary rides on the last message, so it can
-            # report the whole encode phase (which includes handing earlier messages to gRPC)
-            previous = None
-            for message in stream_messages(pb.ComputeResponse, {}, groups, self.config.chunk_bytes):
-                if previous is not None:
-                    yield previous
-                previous = message
-            previous = previous or Outgoing(pb.ComputeResponse)
-        phases["encode"] = _ms_since(t)
-        info = pb.RunInfo(
-            backend=self.backend.name, shard_count=len(outcome.shards), phase_ms=phases,
-            shards=[pb.ShardInfo(**vars(s)) for s in outcome.shards],  # ShardRecord mirrors ShardInfo
-            server_pid=os.getpid(),
-        )
-        summary = pb.ComputeSummary(loss=result.loss, graph_id=reg.graph_id, request_id=call.request_id, info=info,
-                                    session_version=version)
-        if inline:
-            previous.summary.CopyFrom(summary)
-        else:
-            previous.fields["summary"] = summary
-        yield previous
+        header = request.header
+        reg, session = gradients.resolve_target(header, self.graphs, self.sessions)
+        call.graph_id = reg.graph_id
+        assembler = self._assembler(holdings)
+        assembler.add_message(request, ("params", "batch"))
+        decoded = gradients.decode(header, reg, session, assembler.result("params"), assembler.result("batch"))
+        decoded.phase_ms["decode"] = gradients._ms_since(t)
+        job = gradients.validate(decoded, self.config, self.default_shards)
+        call.batch = gradients.batch_rows(decoded)
+        outcome = gradients.compute(self.backend, decoded, job, holdings, cancel, self.config)
+        return gradients.encode_unary(decoded, job, outcome, self.backend.name, call.request_id)
+
+    async def ValueAndGrad(self, request_iterator, context):
+        async for message in self._streaming("ValueAndGrad", context,
+                                             functools.partial(self._value_and_grad, request_iterator, context)):
+            yield message
+
+    async def _value_and_grad(self, requests, context, call: _Call):
+        stream = RequestStream(requests, self.config.idle_timeout)
+        first = await stream.first()  # no slot is held before the header has arrived
+        call.label(first.header)
+        holdings, cancel = self._admitted(context)
+        feed = BatchFeed(first, stream, self._assembler(holdings)).start()
+        try:
+            decoded, job, outcome = await self._compute(holdings, cancel, self._compute_streamed, call, first.header,
+                                                        feed, holdings, cancel)
+        finally:
+            feed.stop()
+        for message in gradients.encode_stream(decoded, job, outcome, self.backend.name, call.request_id,
+                                               self.config.chunk_bytes):
+            yield message
+
+    def _compute_streamed(self, call: _Call, header, feed: BatchFeed, holdings: Holdings, cancel: CancelToken):
+        t = time.perf_counter()
+        reg, session = gradients.resolve_target(header, self.graphs, self.sessions)
+        call.graph_id = reg.graph_id
+        feed.expect(reg.program.graph.inputs)
+        decoded = gradients.decode(header, reg, session, feed.params(), feed.batch(), feed)
+        decoded.phase_ms["decode"] = gradients._ms_since(t)
+        job = gradients.validate(decoded, self.config, self.default_shards)
+        call.batch = gradients.batch_rows(decoded)
+        return decoded, job, gradients.compute(self.backend, decoded, job, holdings, cancel, self.config)
 
     # ------------------------------------------------------------------ sessions
 
-    def CreateSession(self, request_iterator, context):
-        def run(call):
-            header, assembler = self._read_stream(request_iterator, ("params",), context)
-            reg = self._resolve(header)
-            call.graph_id = reg.graph_id
-            session = self.sessions.create(reg, assembler.result("params"))
-            return pb.SessionInfo(session_id=session.session_id, graph_id=reg.graph_id, version=session.version)
-        return self._unary("CreateSession", context, run)
+    async def _read_params(self, requests, holdings: Holdings, fields=("params",)):
+        """The header and the assembled tensors of a whole stream (sessions, jobs)."""
+        stream = RequestStream(requests, self.config.idle_timeout)
+        first = await stream.first()
+        assembler = self._assembler(holdings)
+        await stream.read_into(first, assembler, fields)
+        return first.header, assembler
 
-    def UpdateSession(self, request_iterator, context):
-        def run(call):
-            header, assembler = self._read_stream(request_iterator, ("params",), context)
-            session = self.sessions.update(header.session_id, assembler.result("params"))
+    async def CreateSession(self, request_iterator, context):
+        async def run(call):
+            with_holdings = self.admission.holdings()
+            try:
+                header, assembler = await self._read_params(request_iterator, with_holdings)
+                reg = await self._light(gradients.resolve_graph, header, self.graphs)
+                call.graph_id = reg.graph_id
+                session = self.sessions.create(reg, assembler.result("params"))
+            finally:
+                with_holdings.release()
+            return pb.SessionInfo(session_id=session.session_id, graph_id=reg.graph_id, version=session.version)
+        return await self._unary("CreateSession", context, run)
+
+    async def UpdateSession(self, request_iterator, context):
+        async def run(call):
+            with_holdings = self.admission.holdings()
+            try:
+                header, assembler = await self._read_params(request_iterator, with_holdings)
+                session = self.sessions.update(header.session_id, assembler.result("params"))
+            finally:
+                with_holdings.release()
             call.graph_id = session.graph.graph_id
             return pb.SessionInfo(session_id=session.session_id, graph_id=session.graph.graph_id,
                                   version=session.version)
-        return self._unary("UpdateSession", context, run)
+        return await self._unary("UpdateSession", context, run)
 
-    def GetSessionParams(self, request, context):
-        def run(call):
+    async def GetSessionParams(self, request, context):
+        async def run(call):
             session = self.sessions.get(request.session_id)
             call.graph_id = session.graph.graph_id
             params, version = session.snapshot
             info = pb.SessionInfo(session_id=session.session_id, graph_id=session.graph.graph_id, version=version)
-            yield from stream_messages(pb.ParamsChunk, {"info": info}, {"params": params}, self.config.chunk_bytes)
-        return self._streaming("GetSessionParams", context, run)
+            for message in stream_messages(pb.ParamsChunk, {"info": info}, {"params": params}, self.config.chunk_bytes):
+                yield message
+        async for message in self._streaming("GetSessionParams", context, run):
+            yield message
 
-    def CloseSession(self, request, context):
-        def run(call):
+    async def CloseSession(self, request, context):
+        async def run(call):
             self.sessions.close(request.session_id)
             return pb.CloseSessionResponse()
-        return self._unary("CloseSession", context, run)
+        return await self._unary("CloseSession", context, run)
 
     # ------------------------------------------------------------------ training jobs
 
-    def SubmitJob(self, request_iterator, context):
-        def run(call):
-            header, assembler = self._read_stream(request_iterator, ("params", "data"))
-            reg = self._resolve(header)
-            call.graph_id = reg.graph_id
-            job = self.jobs.submit(header, reg, assembler.result("params"), assembler.result("data"))
+    async def SubmitJob(self, request_iterator, context):
+        async def run(call):
+            with_holdings = self.admission.holdings()
+            try:
+                header, assembler = await self._read_params(request_iterator, with_holdings, ("params", "data"))
+                reg = await self._light(gradients.resolve_graph, header, self.graphs)
+                call.graph_id = reg.graph_id
+                # a dataset read is bounded in time: the handler answers even if the disk does not
+                job = await asyncio.wait_for(
+                    self._light(self.jobs.submit, header, reg, assembler.result("params"), assembler.result("data")),
+                    self.config.dataset_read_timeout)
+            except asyncio.TimeoutError:
+                raise GraphError(f"reading the job's dataset took more than "
+                                           f"{self.config.dataset_read_timeout:g} s; refused") from None
+            finally:
+                with_holdings.release()
             return job.info()
-        return self._unary("SubmitJob", context, run)
+        return await self._unary("SubmitJob", context, run)
 
-    def WatchJob(self, request, context):
-        def run(call):
-            for event in self.jobs.watch(request.job_id, request.after_step, context.is_active):
+    async def WatchJob(self, request, context):
+        async def run(call):
+            async for event in self.jobs.watch(request.job_id, request.after_step):
                 yield pb.JobEvent(**event)
-        return self._streaming("WatchJob", context, run)
+        async for message in self._streaming("WatchJob", context, run):
+            yield message
 
-    def GetJobResult(self, request, context):
-        def run(call):
+    async def GetJobResult(self, request, context):
+        async def run(call):
             job = self.jobs.get(request.job_id)
             if job.state != "done":
                 raise JobNotDone(f"job {request.job_id!r} is {job.state}" + (f": {job.error}" if job.error else ""))
             info = pb.SessionInfo(graph_id=job.spec.graph_id, version=job.step)
-            yield from stream_messages(pb.ParamsChunk, {"info": info}, {"params": job.params}, self.config.chunk_bytes)
-        return self._streaming("GetJobResult", context, run)
+            for message in stream_messages(pb.ParamsChunk, {"info": info}, {"params": job.params},
+                                           self.config.chunk_bytes):
+                yield message
+        async for message in self._streaming("GetJobResult", context, run):
+            yield message
 
-    def CancelJob(self, request, context):
-        return self._unary("CancelJob", context, lambda call: self.jobs.cancel(request.job_id).info())
+    async def CancelJob(self, request, context):
+        async def run(call):
+            return self.jobs.cancel(request.job_id).info()
+        return await self._unary("CancelJob", context, run)
 
-    def ListJobs(self, request, context):
-        return self._unary("ListJobs", context,
-                           lambda call: pb.ListJobsResponse(jobs=[j.info() for j in self.jobs.list()]))
+    async def ListJobs(self, request, context):
+        async def run(call):
+            return pb.ListJobsResponse(jobs=[j.info() for j in self.jobs.list()])
+        return await self._unary("ListJobs", context, run)
 
     # ------------------------------------------------------------------ introspection
 
-    def ListOps(self, request, context):
-        return self._unary("ListOps", context, lambda call: list_ops())
+    async def ListOps(self, request, context):
+        async def run(call):
+            return list_ops()
+        return await self._unary("ListOps", context, run)
 
 
+@functools.lru_cache(maxsize=1)
 def list_ops() -> pb.ListOpsResponse:
     return pb.ListOpsResponse(ops=[
         pb.OpInfo(name=op.name, arity=-1 if op.arity is None else op.arity, doc=op.doc,
@@ -284,18 +330,7 @@ def list_ops() -> pb.ListOpsResponse:
     ])
 
 
-def _ended_status(context: grpc.ServicerContext) -> str:
-    """How a call that the handler finished really ended: the client may be gone already."""
-    if context.is_active():
-        return "OK"
+def _ended_status(context) -> str:
+    """How a call that was cut short ended: its deadline passed, or the client went away."""
     remaining = context.time_remaining()
     return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-
-
-def _ms_since(t: float) -> float:
-    return (time.perf_counter() - t) * 1e3
-
-
-def _deadline(context: grpc.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining

@@ -268,8 +268,11 @@ class _Partial:
 class Assembler:
     """Collects the TensorChunks of a stream into arrays, enforcing the limits as it goes."""
 
-    def __init__(self, max_elements: int = 2**31, max_bytes: int = 1 << 62):
+    def __init__(self, max_elements: int = 2**31, max_bytes: int = 1 << 62, reserve=None):
+        """``reserve(nbytes, what)``, when given, is charged each tensor's bytes as the tensor
+        is declared (its first piece), before they are allocated or arrive; it raises to refuse."""
         self.max_elements, self.max_bytes = max_elements, max_bytes
+        self._reserve = reserve
         self.total_bytes = 0
         self._parts: dict[str, dict[str, _Partial]] = {}
 
@@ -291,6 +294,8 @@ class Assembler:
                 raise GraphError(f"{what}: {dtype.name}{list(shape)} needs {nbytes} bytes, got at least {len(data)}")
             if nbytes > self.max_bytes:
                 raise LimitError(f"{what}: {dtype.name}{list(shape)} needs {nbytes} bytes; the limit is {self.max_bytes}")
+            if self._reserve is not None:
+                self._reserve(nbytes, f"{what} {dtype.name}{list(shape)}")
             if len(data) == nbytes:
                 parts[chunk.name] = _Partial(_from_bytes(data, dtype, shape, what), nbytes, whole=True)
                 return
