@@ -6,12 +6,15 @@ at the line that caused it, with the node, op and shapes named, not at request t
 
 from __future__ import annotations
 
+import copy
 import itertools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from gradwire.worker.graph import BATCH_REDUCTIONS, GraphDef, Node
+from gradwire.worker.lru import LruCache
 from gradwire.worker.ops import OPS, Op
 from gradwire.worker.spec import TensorSpec, as_dtype
 from gradwire.worker.validate import GraphError, infer
@@ -54,11 +57,24 @@ class Value:
         return call("transpose", self)
 
 
+# Graph tokens are never reused (unlike id(), which a new graph gets once an old one is collected).
+_tokens = itertools.count()
+
+
 class Graph:
-    """A computational graph under construction. ``graph.graph_def`` is its plain IR."""
+    """A computational graph under construction. ``graph.graph_def`` is its plain IR.
+
+    Every builder method that changes the graph bumps ``revision``; caches of what is derived
+    from a graph (``GraphCache``) key on its token and revision. ``graph_def`` is the live IR,
+    to read: edits made to it directly bypass the revision, so a cache keeps serving the graph
+    as it was. To edit the IR by hand, edit a copy and pass that ``GraphDef`` itself (keyed by
+    content, so every edit counts) or wrap it with ``Graph.from_graph_def``.
+    """
 
     def __init__(self) -> None:
-        self.graph_def = GraphDef()
+        self._token = next(_tokens)
+        self._revision = 0
+        self._graph_def = GraphDef()
         self._specs: dict[str, TensorSpec] = {}
         self._ids = itertools.count()
         self._scalar_consts: dict[tuple[float, str], Value] = {}
@@ -68,6 +84,18 @@ class Graph:
             name = f"{prefix}_{next(self._ids)}"
             if name not in self._specs:
                 return name
+
+    @property
+    def graph_def(self) -> GraphDef:
+        return self._graph_def
+
+    @property
+    def revision(self) -> int:
+        """How many times the builder has changed the graph."""
+        return self._revision
+
+    def _changed(self) -> None:
+        self._revision += 1
 
     def _claim(self, name: str) -> str:
         if not isinstance(name, str) or not name:
@@ -91,6 +119,7 @@ class Graph:
         spec = TensorSpec(dims, as_dtype(dtype))
         table[name] = spec
         self._specs[name] = spec
+        self._changed()
         return Value(self, name, spec)
 
     def const(self, value, dtype=None, name: str | None = None) -> Value:
@@ -103,6 +132,7 @@ class Graph:
         name = self._claim(name) if name else self._fresh("const")
         self.graph_def.constants[name] = array
         self._specs[name] = spec
+        self._changed()
         return Value(self, name, spec)
 
     def scalar(self, value: float, dtype: np.dtype) -> Value:
@@ -120,6 +150,7 @@ class Graph:
         specs, _ = infer(probe, [node], {v.name: v.spec for v in inputs})
         self.graph_def.nodes.append(node)
         self._specs[node.name] = specs[node.name]
+        self._changed()
         return Value(self, node.name, specs[node.name])
 
     def set_loss(self, value: Value, batch_reduction: str = "mean") -> Value:
@@ -134,6 +165,7 @@ class Graph:
                              value.name)
         self.graph_def.loss = value.name
         self.graph_def.batch_reduction = batch_reduction
+        self._changed()
         return value
 
     def fetch(self, *values: Value) -> None:
@@ -141,6 +173,7 @@ class Graph:
         for v in values:
             self._own(v)
         self.graph_def.outputs = tuple(dict.fromkeys(self.graph_def.outputs + tuple(v.name for v in values)))
+        self._changed()
 
     def _own(self, value: Value) -> None:
         if not isinstance(value, Value) or value.graph is not self:
@@ -161,9 +194,10 @@ class Graph:
 
     @classmethod
     def from_graph_def(cls, graph_def: GraphDef) -> "Graph":
+        """A graph over ``graph_def``, which it takes over: change it through the graph from now on."""
         from gradwire.worker.engine import Program
         graph = cls()
-        graph.graph_def = graph_def
+        graph._graph_def = graph_def
         graph._specs = dict(Program(graph_def).specs) if graph_def.loss else dict(graph_def.sources())
         return graph
 
@@ -172,6 +206,37 @@ class Graph:
         """The graph's content hash: its id on servers."""
         from gradwire.worker.codec import graph_id
         return graph_id(self.graph_def)
+
+
+V = TypeVar("V")
+
+
+class GraphCache(Generic[V]):
+    """What a client derives from a graph (local mode's analysed Program, the remote client's
+    wire form and id), made by ``make(graph_def)`` once per graph content and bounded (LRU).
+
+    A ``Graph`` is keyed by (token, revision), so any builder change is seen and a graph that
+    reuses a collected one's id() never hits its entry. A bare ``GraphDef`` has no revision:
+    it is keyed by its content hash (one serialization a call) and its entry made from a deep
+    copy, so later in-place edits of it cannot reach the entry an equal GraphDef would hit.
+    """
+
+    def __init__(self, make: Callable[[GraphDef], V], capacity: int = 32):
+        self._make = make
+        self._items: LruCache[tuple[int, int] | str, V] = LruCache(capacity)
+
+    def get(self, graph: Graph | GraphDef) -> V:
+        if isinstance(graph, Graph):
+            key, graph_def = (graph._token, graph._revision), graph.graph_def
+            return self._items.get_or_make(key, lambda: self._make(graph_def))
+        from gradwire.worker.codec import graph_id
+        return self._items.get_or_make(graph_id(graph), lambda: self._make(copy.deepcopy(graph)))
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def call(op_name: str, *inputs, name: str | None = None, **attrs) -> Value:

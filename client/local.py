@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from gradwire.client.graph import Graph
+from gradwire.client.graph import Graph, GraphCache
 from gradwire.worker.engine import Program, Result
 from gradwire.worker.graph import GraphDef
-from gradwire.worker.lru import LruCache
 from gradwire.worker.shards import run_sharded
 
 
@@ -25,19 +24,11 @@ class LocalEngine:
         # BLAS results depend on its thread count: pin it (as Ray workers do) to match them bitwise
         self.blas_threads = blas_threads
         self.check_finite = check_finite
-        self._programs: LruCache[int, tuple[GraphDef, Program, tuple]] = LruCache(cache_size)
+        # a Graph is re-analysed after every builder change (see GraphCache)
+        self._programs: GraphCache[Program] = GraphCache(Program, cache_size)
 
     def program(self, graph: Graph | GraphDef) -> Program:
-        graph_def = graph.graph_def if isinstance(graph, Graph) else graph
-        # keyed by identity: a Graph being built further is re-analysed when its nodes change
-        key = id(graph_def)
-        # (Program.graph *is* graph_def, so compare against a snapshot taken at analysis time:
-        # set_loss/fetch on the same Graph must not reuse a stale order or backward plan.)
-        state = (len(graph_def.nodes), graph_def.loss, tuple(graph_def.outputs), graph_def.batch_reduction)
-        hit = self._programs.get(key)
-        if hit is not None and hit[0] is graph_def and hit[2] == state:
-            return hit[1]
-        return self._programs.put(key, (graph_def, Program(graph_def), state))[1]
+        return self._programs.get(graph)
 
     def run(self, graph: Graph | GraphDef, params: dict[str, Any], batch: dict[str, Any], *,
             wrt=None, fetch=()) -> Result:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from gradwire.client.errors import NotFound
-from gradwire.client.graph import Graph
+from gradwire.client.graph import Graph, GraphCache
 from gradwire.client.transport import DEFAULT_MAX_MESSAGE_BYTES, Transport
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.worker.codec import (
@@ -61,21 +61,9 @@ def _arrays(values: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in values.items()}
 
 
-class _GraphCache:
-    """Each graph's wire form and id, computed once per graph revision."""
-
-    def __init__(self) -> None:
-        self._by_obj: dict[int, tuple[GraphDef, int, pb.Graph, str]] = {}
-
-    def get(self, graph: Graph | GraphDef) -> tuple[pb.Graph, str]:
-        graph_def = graph.graph_def if isinstance(graph, Graph) else graph
-        revision = hash((len(graph_def.nodes), graph_def.loss, graph_def.outputs, graph_def.batch_reduction))
-        hit = self._by_obj.get(id(graph_def))
-        if hit is None or hit[0] is not graph_def or hit[1] != revision:
-            proto = graph_to_proto(graph_def)
-            hit = (graph_def, revision, proto, graph_id_of_proto(proto))
-            self._by_obj[id(graph_def)] = hit
-        return hit[2], hit[3]
+def _wire_form(graph_def: GraphDef) -> tuple[pb.Graph, str]:
+    proto = graph_to_proto(graph_def)
+    return proto, graph_id_of_proto(proto)
 
 
 class Client:
@@ -83,7 +71,7 @@ class Client:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, shards: int = 0, max_attempts: int = 5):
         self.transport = Transport(address, timeout, max_message_bytes, max_attempts)
         self.chunk_bytes, self.shards = chunk_bytes, shards
-        self._graphs = _GraphCache()
+        self._graphs: GraphCache[tuple[pb.Graph, str]] = GraphCache(_wire_form)  # each graph's wire form and id
         self._registered: set[str] = set()
 
     # ------------------------------------------------------------------ graphs
