@@ -407,12 +407,15 @@ class JobManager:
         with self._lock:
             return list(self.jobs.values())
 
-    async def watch(self, job_id: str, after_step: int, poll: float = 0.5):
-        """Events of steps after ``after_step``, then live ones, until the job ends."""
+    async def watch(self, job_id: str, after_step: int, poll: float = 0.5, batch_every: float = 0.05):
+        """Events of steps after ``after_step``, then live ones, until the job ends. A watcher
+        wakes at most every ``batch_every`` s and sends what came meanwhile: a fast job with
+        hundreds of watchers must not keep the event loop from answering other calls."""
         run = self.get(job_id)
         sent = 0
         while not self._stopping.is_set():
             await run.wait_for_events(sent, poll)
+            await asyncio.sleep(batch_every)
             with run.changed:
                 fresh = run.events[sent:]
             sent += len(fresh)

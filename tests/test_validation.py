@@ -3,6 +3,7 @@ with a message naming the node, op and shapes at fault."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -369,3 +370,208 @@ def test_limit_on_node_count():
 
 def test_limit_error_is_a_graph_error():
     assert issubclass(LimitError, GraphError) and issubclass(ExecutionError, GraphError)
+
+
+# ------------------------------------------------------------------ hostile shapes and sizes
+# Each was INTERNAL, a run-time error or silently accepted; each must be refused while
+# decoding or validating, before anything runs, naming the tensor or node at fault.
+
+
+def _program(gd: GraphDef, limits: Limits | None = None) -> Program:
+    """Through the wire, as the server sees it: encode, decode with the limits, validate."""
+    from gradwire.worker.codec import graph_from_proto, graph_to_proto
+    return Program(graph_from_proto(graph_to_proto(gd), limits or Limits()), limits)
+
+
+RANK_65 = (1,) * 65
+
+
+@pytest.mark.parametrize("kind", ["params", "inputs"])
+def test_rank_above_the_cap_in_a_source_spec(kind):
+    gd = GraphDef(**{kind: {"x": spec(*RANK_65)}}, nodes=[Node("l", "sum", ("x",))], loss="l")
+    with pytest.raises(LimitError, match=m("tensor 'x' float64[1, 1, 1, 1, 1, 1, 1, 1, ...] has rank 65; "
+                                           "the limit is 64")):
+        Program(gd)
+    what = "parameter" if kind == "params" else "batch input"
+    with pytest.raises(LimitError, match=m(f"{what} 'x': shape of rank 65 [1, 1, 1, 1, 1, 1, 1, 1]...; "
+                                           "the limit is 64")):
+        _program(gd)
+
+
+def test_rank_above_the_cap_in_a_constant():
+    gd = graph([Node("l", "sum", ("x",))])
+    gd.constants["c"] = np.zeros(RANK_65[:32])
+    from gradwire.worker.codec import graph_from_proto, graph_to_proto
+    msg = graph_to_proto(gd)
+    msg.constants[0].tensor.shape.extend([1] * 33)  # NumPy cannot even build it
+    with pytest.raises(LimitError, match=m("constant 'c': shape of rank 65")):
+        graph_from_proto(msg)
+
+
+def test_rank_above_the_cap_of_a_node_output():
+    """A rank-65 reshape passed validation and failed inside NumPy at run time."""
+    gd = graph([Node("r", "reshape", ("x",), {"shape": [1] * 62 + [3, 1, 1]}), Node("l", "sum", ("r",))])
+    with pytest.raises(LimitError, match=m("node 'r' (op 'reshape'): attribute 'shape' lists 65 entries; "
+                                           "tensors have at most 64 dimensions")):
+        _program(gd)
+    Program(graph([Node("r", "reshape", ("x",), {"shape": [1] * 61 + [3, 1, 1]}), Node("l", "sum", ("r",))]))
+
+
+def test_rank_above_the_cap_in_a_streamed_chunk():
+    from gradwire.protos import gradwire_pb2 as pb
+    from gradwire.worker.codec import Assembler
+    chunk = pb.TensorChunk(name="x", dtype=pb.FLOAT64, shape=RANK_65, data=bytes(8))
+    with pytest.raises(LimitError, match=m("batch tensor 'x': shape of rank 65 [1, 1, 1, 1, 1, 1, 1, 1]...; "
+                                           "the limit is 64")):
+        Assembler().add("batch", chunk)
+
+
+def test_reshape_to_rank_a_million_is_refused_before_shape_inference():
+    """Inferring it was quadratic in the rank (keepdims_shape searched a tuple per dim)."""
+    gd = graph([Node("r", "reshape", ("x",), {"shape": [1] * 999_999 + [3]}),
+                Node("l", "sum", ("r",), {"axis": list(range(64))})])
+    with pytest.raises(LimitError, match=m("node 'r' (op 'reshape'): attribute 'shape' lists 1000000 entries; "
+                                           "tensors have at most 64 dimensions")):
+        _program(gd)
+
+
+HUGE_BUT_EMPTY = (2**32, 2**32, 0)
+
+
+def test_huge_dims_with_a_zero_product_in_a_spec():
+    gd = graph([Node("l", "sum", ("x",))], params={"x": spec(*HUGE_BUT_EMPTY)})
+    with pytest.raises(LimitError, match=m("tensor 'x' float64[4294967296, 4294967296, 0] has a dimension of "
+                                           "4294967296; the limit is 2147483648")):
+        _program(gd)
+
+
+def test_huge_dims_with_a_zero_product_of_a_node_output():
+    gd = graph([Node("r", "reshape", ("x",), {"shape": list(HUGE_BUT_EMPTY)}), Node("l", "sum", ("r",))],
+               params={"x": spec(0)})
+    with pytest.raises(LimitError, match=m("output of 'reshape' 'r' float64[4294967296, 4294967296, 0] has a "
+                                           "dimension of 4294967296; the limit is 2147483648")):
+        _program(gd)
+
+
+def test_huge_dims_with_a_zero_product_in_a_chunk_and_a_constant():
+    from gradwire.protos import gradwire_pb2 as pb
+    from gradwire.worker.codec import Assembler, tensor_from_proto
+    with pytest.raises(LimitError, match=m("batch tensor 'x': shape (4294967296, 4294967296, 0) has a dimension "
+                                           "of 4294967296; the limit is 2147483648")):
+        Assembler().add("batch", pb.TensorChunk(name="x", dtype=pb.FLOAT64, shape=HUGE_BUT_EMPTY))
+    with pytest.raises(LimitError, match=m("constant 'c': shape (4294967296, 4294967296, 0) has a dimension")):
+        tensor_from_proto(pb.Tensor(dtype=pb.FLOAT64, shape=HUGE_BUT_EMPTY), "constant 'c'", 2**31)
+
+
+def test_no_dim_above_2_62_even_under_a_larger_element_limit():
+    gd = graph([Node("l", "sum", ("x",))], params={"x": spec(2**63, 0)})
+    with pytest.raises(LimitError, match=m("has a dimension of 9223372036854775808; the limit is 4611686018427387904")):
+        Program(gd, Limits(max_tensor_elements=2**70))
+
+
+@pytest.mark.parametrize("tables,want", [
+    ({"inputs": {"x": spec(None, 3)}, "params": {"x": spec(3)}}, "parameter 'x' has the same name as a batch input"),
+    ({"params": {"x": spec(3)}, "constants": {"x": np.zeros(3)}}, "constant 'x' has the same name as a parameter"),
+    ({"params": {"w": spec(3)}, "inputs": {"x": spec(3)}, "constants": {"x": np.zeros(3)}},
+     "constant 'x' has the same name as a batch input"),
+])
+def test_sources_with_the_same_name(tables, want):
+    gd = GraphDef(**tables, nodes=[Node("l", "sum", ("x",))], loss="l")
+    with pytest.raises(GraphError, match=m(want)):
+        Program(gd)
+    with pytest.raises(GraphError, match=m(want)):
+        _program(gd)
+
+
+def test_duplicate_constant_names_on_the_wire():
+    from gradwire.worker.codec import graph_from_proto, graph_to_proto
+    gd = graph([Node("l", "sum", ("x",))])
+    gd.constants["c"] = np.zeros(3)
+    msg = graph_to_proto(gd)
+    msg.constants.add().CopyFrom(msg.constants[0])
+    with pytest.raises(GraphError, match=m("duplicate constant name 'c'")):
+        graph_from_proto(msg)
+
+
+def test_param_with_an_unknown_dim():
+    gd = graph([Node("l", "sum", ("w",))], params={"w": spec(None, 3, dtype=F32)})
+    with pytest.raises(GraphError, match=m("parameter 'w' float32[?, 3] has an unknown (-1) dimension; "
+                                           "parameters must have a static shape")):
+        _program(gd)
+
+
+def _tiny_nodes_message(n: int) -> bytes:
+    """A serialized graph of ``n`` one-letter nodes: repeated fields concatenate on the wire."""
+    from gradwire.protos import gradwire_pb2 as pb
+    return pb.Graph(nodes=[pb.Node(name="a", op="relu", inputs=["x"])]).SerializeToString() * n
+
+
+def test_node_count_is_checked_on_the_message_before_converting(monkeypatch):
+    """A 46 MiB graph of 2.5M nodes took 72 s and 1.7 GB to be refused after decoding."""
+    from gradwire.worker import codec
+
+    def no_conversion(*args):
+        raise AssertionError("a node was converted")
+
+    monkeypatch.setattr(codec, "Node", no_conversion)
+    data = _tiny_nodes_message(300_000)
+    with pytest.raises(LimitError, match=m("graph has 300000 nodes; the limit is 100000 (refused before decoding)")):
+        codec.graph_from_bytes(data, Limits(max_nodes=100_000))
+    msg = codec.pb.Graph.FromString(data)
+    with pytest.raises(LimitError, match=m("graph has 300000 nodes; the limit is 100000")):
+        codec.graph_from_proto(msg, Limits(max_nodes=100_000))
+
+
+def test_constant_count_and_bytes_are_checked_before_converting(monkeypatch):
+    from gradwire.protos import gradwire_pb2 as pb
+    from gradwire.worker import codec
+    monkeypatch.setattr(codec, "tensor_from_proto", lambda *a: pytest.fail("a constant was converted"))
+    msg = pb.Graph(constants=[pb.NamedTensor(name=f"c{i}", tensor=pb.Tensor(dtype=pb.FLOAT64, shape=[1], data=bytes(8)))
+                              for i in range(11)])
+    with pytest.raises(LimitError, match=m("graph has 11 constants; the limit is 10 (refused before decoding)")):
+        codec.graph_from_proto(msg, Limits(max_nodes=10))
+    with pytest.raises(LimitError, match=r"graph's constants take \d+ bytes; the limit is 50 \(refused before decoding\)"):
+        codec.graph_from_proto(msg, Limits(max_constant_bytes=50))
+
+
+# ------------------------------------------------------------------ optimizer configs (training jobs)
+
+
+BAD_OPTIMIZER_JSON = [
+    ("[" * 100_000 + "]" * 100_000, "config of 200000 bytes; the limit is 65536"),
+    ("[" * 20_000 + "]" * 20_000, "config is nested too deeply"),
+    ('{"name": "sgd", "lr": Infinity}', "non-finite number Infinity"),
+    ('{"name": "sgd", "lr": NaN}', "non-finite number NaN"),
+    ('{"name": "sgd", "lr": 1e999}', "sgd: lr must be a finite number, got inf"),
+    ('{"name": "sgd", "lr": ' + "9" * 400 + "}", "sgd: lr must be a finite number, got an integer of 1329 bits"),
+    ('["sgd", 0.1]', "config must be a JSON object, got list"),
+    ('"sgd"', "config must be a JSON object, got str"),
+    ('{"name": "sgd", "lr": 0.1', "config is not valid JSON"),
+    ('{"name": "rmsprop", "lr": 0.1}', "unknown optimizer 'rmsprop'"),
+    ('{"name": ["sgd"], "lr": 0.1}', "optimizer name must be a string, got ['sgd']"),
+    ('{"name": "sgd", "lr": 0.1, "gamma": 2}', "unknown sgd setting(s) ['gamma']"),
+    ('{"name": "sgd", "lr": 0.1, "momentum": "x"}', "sgd: momentum must be a number, got 'x'"),
+    ('{"name": "sgd", "lr": true}', "sgd: lr must be a number, got True"),
+    ('{"name": "sgd", "lr": 0.1, "nesterov": 1, "momentum": 0.9}', "sgd: nesterov must be true or false, got 1"),
+    ('{"name": "adam", "lr": 0.1, "betas": 0.9}', "adam: betas must be two numbers, got 0.9"),
+    ('{"name": "adam", "lr": 0.1, "betas": [0.9, "x"]}', "adam: betas must be a number, got 'x'"),
+    ('{"name": "adam", "lr": 0.1, "eps": null}', "adam: eps must be a number, got None"),
+    ('{"name": "sgd", "lr": -0.5}', "SGD: lr must be > 0, got -0.5"),
+    ('{"name": "sgd", "lr": 0.1, "momentum": -0.9}', "SGD: momentum must be >= 0, got -0.9"),
+    ('{"name": "adamw", "lr": 0.1, "weight_decay": -1}', "Adam: weight_decay must be >= 0, got -1.0"),
+]
+
+
+@pytest.mark.parametrize("text,want", BAD_OPTIMIZER_JSON, ids=[want[:40] for _, want in BAD_OPTIMIZER_JSON])
+def test_bad_optimizer_json(text, want):
+    from gradwire.worker.optim import optimizer_from_json
+    with pytest.raises(GraphError, match=m(want)) as info:
+        optimizer_from_json(text)
+    assert str(info.value).startswith("optimizer: ")
+
+
+def test_good_optimizer_json_round_trips():
+    from gradwire.worker.optim import SGD, from_config, optimizer_from_json, to_config
+    config = optimizer_from_json('{"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": true}')
+    assert from_config(config) == SGD(lr=0.1, momentum=0.9, nesterov=True)
+    assert optimizer_from_json(json.dumps(to_config(SGD(lr=0.5)))) == to_config(SGD(lr=0.5))

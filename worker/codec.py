@@ -17,7 +17,7 @@ from gradwire.protos import gradwire_pb2 as pb
 from gradwire.worker.frames import ALIGN, Outgoing, Piece
 from gradwire.worker.graph import GraphDef, Node
 from gradwire.worker.spec import DTYPES, TensorSpec, num_elements
-from gradwire.worker.validate import GraphError, LimitError
+from gradwire.worker.validate import MAX_DIM, GraphError, LimitError, Limits
 
 _TO_ENUM = {
     DTYPES["float32"]: pb.FLOAT32, DTYPES["float64"]: pb.FLOAT64,
@@ -52,7 +52,9 @@ def spec_to_proto(spec: TensorSpec) -> pb.TensorSpec:
     return pb.TensorSpec(dtype=dtype_to_proto(spec.dtype), shape=[-1 if d is None else d for d in spec.shape])
 
 
-def spec_from_proto(msg: pb.TensorSpec, what: str) -> TensorSpec:
+def spec_from_proto(msg: pb.TensorSpec, what: str, max_rank: int = Limits.max_rank) -> TensorSpec:
+    if len(msg.shape) > max_rank:  # before anything linear in the rank
+        raise LimitError(f"{what}: shape of rank {len(msg.shape)} {list(msg.shape[:8])}...; the limit is {max_rank}")
     if any(d < -1 for d in msg.shape):
         raise GraphError(f"{what}: negative dimension in shape {list(msg.shape)}")
     return TensorSpec(tuple(None if d == -1 else int(d) for d in msg.shape), dtype_from_proto(msg.dtype, what))
@@ -63,19 +65,24 @@ def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
     return pb.Tensor(dtype=dtype_to_proto(array.dtype), shape=array.shape, data=_little(array).tobytes())
 
 
-def tensor_from_proto(msg: pb.Tensor, what: str, max_elements: int) -> np.ndarray:
+def tensor_from_proto(msg: pb.Tensor, what: str, max_elements: int, max_rank: int = Limits.max_rank) -> np.ndarray:
     dtype = dtype_from_proto(msg.dtype, what)
-    shape = _checked_shape(msg.shape, what, max_elements)
+    shape = _checked_shape(msg.shape, what, max_elements, max_rank)
     return _from_bytes(msg.data, dtype, shape, what)
 
 
-def _checked_shape(dims, what: str, max_elements: int) -> tuple[int, ...]:
+def _checked_shape(dims, what: str, max_elements: int, max_rank: int = Limits.max_rank) -> tuple[int, ...]:
+    if len(dims) > max_rank:  # before anything linear in the rank
+        raise LimitError(f"{what}: shape of rank {len(dims)} {list(dims[:8])}...; the limit is {max_rank}")
     shape = tuple(map(int, dims))
     if shape and min(shape) < 0:
         raise GraphError(f"{what}: negative dimension in shape {shape}")
     n = num_elements(shape)  # exact: (2**32, 2**32) is 2**64, not an overflowed 0
     if n > max_elements:
         raise LimitError(f"{what}: shape {shape} holds {n} elements; the limit is {max_elements}")
+    if n == 0 and shape and max(shape) > min(max_elements, MAX_DIM):  # a 0 hides huge dims from n
+        raise LimitError(f"{what}: shape {shape} has a dimension of {max(shape)}; "
+                         f"the limit is {min(max_elements, MAX_DIM)}")
     return shape
 
 
@@ -131,20 +138,32 @@ def graph_to_proto(graph: GraphDef) -> pb.Graph:
     )
 
 
-def graph_from_proto(msg: pb.Graph, max_elements: int = 2**31) -> GraphDef:
-    """The IR of a wire graph (structure only; the validator checks the rest)."""
+def graph_from_proto(msg: pb.Graph, limits: Limits | int | None = None) -> GraphDef:
+    """The IR of a wire graph (structure only; the validator checks the rest). Counts and
+    constant bytes are checked on the message first, before any of it is converted.
+    ``limits`` may still be a bare int: the old ``max_elements`` argument."""
+    if not isinstance(limits, Limits):
+        limits = Limits() if limits is None else Limits(max_tensor_elements=limits)
+    check_graph_size(msg, limits)
+
     def specs(entries, kind):
         out = {}
         for e in entries:
             if e.name in out:
                 raise GraphError(f"duplicate {kind} name {e.name!r}")
-            out[e.name] = spec_from_proto(e.spec, f"{kind} {e.name!r}")
+            out[e.name] = spec_from_proto(e.spec, f"{kind} {e.name!r}", limits.max_rank)
         return out
 
+    constants = {}
+    for c in msg.constants:
+        if c.name in constants:
+            raise GraphError(f"duplicate constant name {c.name!r}")
+        constants[c.name] = tensor_from_proto(c.tensor, f"constant {c.name!r}", limits.max_tensor_elements,
+                                              limits.max_rank)
     return GraphDef(
         inputs=specs(msg.inputs, "batch input"),
         params=specs(msg.params, "parameter"),
-        constants={c.name: tensor_from_proto(c.tensor, f"constant {c.name!r}", max_elements) for c in msg.constants},
+        constants=constants,
         nodes=[Node(n.name, n.op, tuple(n.inputs), {k: _attr_from_proto(v) for k, v in n.attrs.items()})
                for n in msg.nodes],
         loss=msg.loss or None,
@@ -153,8 +172,22 @@ def graph_from_proto(msg: pb.Graph, max_elements: int = 2**31) -> GraphDef:
     )
 
 
-def graph_from_bytes(data: bytes) -> GraphDef:
-    return graph_from_proto(pb.Graph.FromString(data))
+def check_graph_size(msg: pb.Graph, limits: Limits) -> None:
+    """Refuse a graph message whose size alone is over the limits: a few len() calls on the
+    parsed message, where converting 2.5M nodes would take a minute and gigabytes."""
+    for count, kind in ((len(msg.nodes), "nodes"), (len(msg.constants), "constants"),
+                        (len(msg.inputs) + len(msg.params), "inputs and parameters")):
+        if count > limits.max_nodes:
+            raise LimitError(f"graph has {count} {kind}; the limit is {limits.max_nodes} "
+                             "(refused before decoding)")
+    nbytes = sum(c.tensor.ByteSize() for c in msg.constants)  # no copy of the data, unlike .data
+    if nbytes > limits.max_constant_bytes:
+        raise LimitError(f"graph's constants take {nbytes} bytes; the limit is {limits.max_constant_bytes} "
+                         "(refused before decoding)")
+
+
+def graph_from_bytes(data: bytes, limits: Limits | None = None) -> GraphDef:
+    return graph_from_proto(pb.Graph.FromString(data), limits)
 
 
 def graph_id_of_proto(msg: pb.Graph) -> str:

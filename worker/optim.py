@@ -7,9 +7,13 @@ formulas step for step (tests compare in float64).
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from gradwire.worker.validate import GraphError
 
 Arrays = dict[str, np.ndarray]
 
@@ -23,6 +27,7 @@ class SGD:
 
     def __post_init__(self):
         _check_positive(self, "lr")
+        _check_non_negative(self, "momentum", "weight_decay")
         if self.nesterov and self.momentum <= 0:
             raise ValueError("SGD: nesterov needs momentum > 0")
 
@@ -55,8 +60,7 @@ class Adam:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if not all(0.0 <= b < 1.0 for b in self.betas) or len(self.betas) != 2:
             raise ValueError(f"{type(self).__name__}: betas must be two numbers in [0, 1), got {self.betas}")
-        if self.eps < 0:
-            raise ValueError(f"{type(self).__name__}: eps must be >= 0")
+        _check_non_negative(self, "eps", "weight_decay")
 
     def init(self, params: Arrays) -> dict:
         return {"step": 0,
@@ -98,24 +102,92 @@ def to_config(opt) -> dict:
     return {"name": name, **config}
 
 
+# A job's optimizer config arrives as JSON text from a client: bound it before parsing.
+MAX_CONFIG_BYTES = 1 << 16
+
+# Each setting's kind; "betas" is a pair of numbers.
+_SETTINGS = {"sgd": {"lr": "number", "momentum": "number", "weight_decay": "number", "nesterov": "bool"},
+             "adam": {"lr": "number", "betas": "pair", "eps": "number", "weight_decay": "number"}}
+_SETTINGS["adamw"] = _SETTINGS["adam"]
+
+
+def optimizer_from_json(text: str | bytes) -> dict:
+    """The optimizer config a job's JSON text describes, checked as ``from_config`` builds it
+    (so building it later cannot fail). ``GraphError`` names any fault: text too long or nested
+    too deep, not an object, unknown names or settings, wrong types, non-finite numbers."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise GraphError(f"optimizer: config of {len(text)} bytes; the limit is {MAX_CONFIG_BYTES}")
+    try:
+        config = json.loads(text or "{}", parse_constant=_refuse_constant)
+    except GraphError:  # from _refuse_constant
+        raise
+    except RecursionError:  # json recurses per nesting level
+        raise GraphError("optimizer: config is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, ints of too many digits
+        raise GraphError(f"optimizer: config is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise GraphError(f"optimizer: config must be a JSON object, got {type(config).__name__}")
+    try:
+        from_config(config)
+    except (ValueError, TypeError) as exc:
+        raise GraphError(f"optimizer: {exc}") from None
+    return config
+
+
+def _refuse_constant(name: str):
+    raise GraphError(f"optimizer: non-finite number {name} in the config")
+
+
 def from_config(config: dict):
-    """The optimizer a config describes; ``ValueError`` naming any unknown setting."""
+    """The optimizer a config describes; ``ValueError`` naming any unknown setting or value
+    of the wrong kind."""
     config = dict(config)
-    name = str(config.pop("name", "")).lower()
+    name = config.pop("name", "")
+    if not isinstance(name, str):
+        raise ValueError(f"optimizer name must be a string, got {name!r}")
+    name = name.lower()
     factory = {"sgd": SGD, "adam": Adam, "adamw": AdamW}.get(name)
     if factory is None:
         raise ValueError(f"unknown optimizer {name!r}; expected sgd, adam or adamw")
-    allowed = {"sgd": {"lr", "momentum", "weight_decay", "nesterov"},
-               "adam": {"lr", "betas", "eps", "weight_decay"},
-               "adamw": {"lr", "betas", "eps", "weight_decay"}}[name]
-    unknown = sorted(set(config) - allowed)
+    allowed = _SETTINGS[name]
+    unknown = sorted(set(config) - set(allowed))
     if unknown:
         raise ValueError(f"unknown {name} setting(s) {unknown}; allowed: {sorted(allowed)}")
     if "lr" not in config:
         raise ValueError(f"{name}: lr is required")
-    return factory(**config)
+    return factory(**{key: _setting(name, key, allowed[key], value) for key, value in config.items()})
+
+
+def _setting(opt: str, key: str, kind: str, value):
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{opt}: {key} must be true or false, got {value!r}")
+        return value
+    if kind == "pair":
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(f"{opt}: {key} must be two numbers, got {value!r}")
+        return tuple(_number(opt, key, v) for v in value)
+    return _number(opt, key, value)
+
+
+def _number(opt: str, key: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{opt}: {key} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range (and too long to print)
+        raise ValueError(f"{opt}: {key} must be a finite number, got an integer of {value.bit_length()} bits") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{opt}: {key} must be a finite number, got {value!r}")
+    return number
 
 
 def _check_positive(opt, field: str) -> None:
     if not getattr(opt, field) > 0:
         raise ValueError(f"{type(opt).__name__}: {field} must be > 0, got {getattr(opt, field)}")
+
+
+def _check_non_negative(opt, *fields: str) -> None:
+    for field in fields:
+        if not getattr(opt, field) >= 0:
+            raise ValueError(f"{type(opt).__name__}: {field} must be >= 0, got {getattr(opt, field)}")

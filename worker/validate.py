@@ -24,10 +24,20 @@ class LimitError(GraphError):
     """A request within the rules but over a configured size limit."""
 
 
+# No dimension may exceed this, whatever the limits say: NumPy's shapes are signed 64-bit.
+MAX_DIM = 2**62
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_nodes: int = 100_000
+    max_nodes: int = 100_000  # also caps the constants, and the inputs plus parameters
     max_tensor_elements: int = 2**31  # per input, parameter or intermediate
+    max_rank: int = 64  # NumPy's own limit: a higher rank would fail only at run time
+    max_constant_bytes: int = 1 << 30  # all constants of a graph together
+
+    @property
+    def max_dim(self) -> int:
+        return min(self.max_tensor_elements, MAX_DIM)
 
 
 def normalize_attrs(node: Node) -> dict[str, Any]:
@@ -71,9 +81,25 @@ def _coerce(attr: Attr, value: Any) -> Any:
     raise TypeError
 
 
+def check_sources(graph: GraphDef) -> None:
+    """Each input, parameter and constant has its own name, and parameters a static shape
+    (they are sent whole: an unknown dim could only be a batch dim, which they lack)."""
+    kind_of: dict[str, str] = {}
+    for kind, table in (("batch input", graph.inputs), ("parameter", graph.params), ("constant", graph.constants)):
+        for name in table:
+            if name in kind_of:
+                raise GraphError(f"{kind} {name!r} has the same name as a {kind_of[name]}")
+            kind_of[name] = kind
+    for name, spec in graph.params.items():
+        if not spec.is_static:
+            raise GraphError(f"parameter {name!r} {_brief(spec)} has an unknown (-1) dimension; "
+                             "parameters must have a static shape")
+
+
 def topological_order(graph: GraphDef) -> list[Node]:
     """Nodes ordered so every input comes first (iterative: 10k-deep chains are fine).
-    Raises on duplicate names, dangling references and cycles."""
+    Raises on clashing source names, duplicate names, dangling references and cycles."""
+    check_sources(graph)
     sources = graph.sources()
     by_name: dict[str, Node] = {}
     for node in graph.nodes:
@@ -130,6 +156,7 @@ def infer(graph: GraphDef, order: list[Node], source_specs: dict[str, TensorSpec
         if (op.arity is None and not node.inputs) or (op.arity is not None and len(node.inputs) != op.arity):
             want = "at least 1" if op.arity is None else str(op.arity)
             raise GraphError(f"wrong arity: takes {want} input(s), got {len(node.inputs)}", node.name, node.op)
+        _check_attr_lengths(node, limits)
         attrs = normalize_attrs(node)
         in_specs = [specs[ref] for ref in node.inputs]
         try:
@@ -143,13 +170,36 @@ def infer(graph: GraphDef, order: list[Node], source_specs: dict[str, TensorSpec
     return specs, attrs_list
 
 
+def _check_attr_lengths(node: Node, limits: Limits) -> None:
+    # Every list attribute (shape, perm, axes, starts, ...) has at most one entry per dim:
+    # refuse long ones before any shape rule spends time on them.
+    for key, value in node.attrs.items():
+        if isinstance(value, (list, tuple)) and len(value) > limits.max_rank:
+            raise LimitError(f"attribute {key!r} lists {len(value)} entries; tensors have at most "
+                             f"{limits.max_rank} dimensions", node.name, node.op)
+
+
 def _check_size(name: str, spec: TensorSpec, limits: Limits, kind: str) -> None:
+    if len(spec.shape) > limits.max_rank:  # first: the checks below are linear in the rank
+        raise LimitError(f"{kind} {name!r} {_brief(spec)} has rank {len(spec.shape)}; the limit is {limits.max_rank}")
     if any(d is not None and d < 0 for d in spec.shape):
         raise GraphError(f"{kind} {name!r} has a negative dimension: {spec}")
     n = num_elements(spec.shape)  # Python ints: exact, no 64-bit overflow
     if n > limits.max_tensor_elements:
         raise LimitError(f"{kind} {name!r} {spec} would hold {n} elements; "
                          f"the limit is {limits.max_tensor_elements}")
+    if n == 0:  # a zero dim hides the others from the product: (2**32, 2**32, 0)
+        big = max((d for d in spec.shape if d is not None), default=0)
+        if big > limits.max_dim:
+            raise LimitError(f"{kind} {name!r} {spec} has a dimension of {big}; "
+                             f"the limit is {limits.max_dim}")
+
+
+def _brief(spec: TensorSpec, dims: int = 8) -> str:
+    """A spec as ``str(spec)``, its dims elided after the first few (a rank can be huge)."""
+    if spec.ndim <= dims:
+        return str(spec)
+    return str(TensorSpec(spec.shape[:dims], spec.dtype))[:-1] + ", ...]"
 
 
 def check_outputs(graph: GraphDef, specs: dict[str, TensorSpec]) -> None:

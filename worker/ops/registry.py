@@ -14,6 +14,9 @@ An op holds, side by side:
   handed a zero-strided placeholder that has only the right shape and dtype.
 * ``broadcast``: the op broadcasts its inputs as NumPy does; the executor reduces each
   gradient back to its input's shape with ``unbroadcast`` (the one place that does it).
+* ``flops(out_spec, *in_specs, **attrs) -> int``: the forward pass's floating-point
+  operations, for the admission estimate (``worker/budget.py``). ``None``: one per element
+  of the largest operand, input or output (right for elementwise ops and reductions).
 * ``samples(rng) -> [Sample]``: float64 test inputs inside the op's domain. The test
   suite checks every registered op with them; an op without samples fails it.
 """
@@ -69,6 +72,7 @@ class Op:
     saves: tuple[str | int, ...] | None = None  # None: everything
     broadcast: bool = False
     doc: str = ""
+    flops: Callable[..., int] | None = None  # flops(out_spec, *in_specs, **attrs); see the module docstring
 
     def differentiable(self, n_inputs: int) -> tuple[bool, ...]:
         if callable(self.vjp):
@@ -176,6 +180,7 @@ def normalize_axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ..
 
 
 def keepdims_shape(shape: tuple, axes: tuple[int, ...], keepdims: bool) -> tuple:
+    axes = frozenset(axes)  # `i in axes` on a tuple made this quadratic in the rank
     if keepdims:
         return tuple(1 if i in axes else d for i, d in enumerate(shape))
     return tuple(d for i, d in enumerate(shape) if i not in axes)

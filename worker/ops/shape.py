@@ -40,13 +40,19 @@ def _matmul_samples(rng):
     return [Sample((rng.normal(size=sa), rng.normal(size=sb))) for sa, sb in pairs]
 
 
+def _matmul_flops(out: TensorSpec, a: TensorSpec, b: TensorSpec) -> int:
+    # a multiply and an add per (output element, inner index), batch dims included
+    k = a.shape[-1]  # unknown (None) only before a batch arrives: count it as 1, as num_elements does
+    return 2 * num_elements(out.shape) * (1 if k is None else k)
+
+
 # broadcast=True: the executor sums each gradient over broadcast batch dimensions.
 register(Op(
     "matmul", np.matmul, _infer_matmul,
     (lambda g, y, a, b: g @ _swap(b),
      lambda g, y, a, b: _swap(a) @ g),
     _matmul_samples, arity=2, saves=(0, 1), broadcast=True,
-    doc="a @ b over the last two dimensions; leading dimensions broadcast",
+    doc="a @ b over the last two dimensions; leading dimensions broadcast", flops=_matmul_flops,
 ))
 
 
@@ -174,8 +180,14 @@ def _slice_vjp(g, y, x, starts, ends, axes=None, steps=None):
     return grad
 
 
+def _slice(x, starts, ends, axes=None, steps=None):
+    # a copy: a view would keep all of x alive for a few of its elements, which neither the
+    # executor's freeing nor the memory estimate (worker/budget.py) would see
+    return x[_slices(x.ndim, starts, ends, axes, steps)].copy()
+
+
 register(Op(
-    "slice", lambda x, starts, ends, axes=None, steps=None: x[_slices(x.ndim, starts, ends, axes, steps)],
+    "slice", _slice,
     _infer_slice, (_slice_vjp,),
     lambda rng: [Sample((rng.normal(size=(4, 5)),), {"starts": [1], "ends": [3]}),
                  Sample((rng.normal(size=(4, 6)),), {"starts": [-1, 0], "ends": [-5, 6], "axes": [0, 1], "steps": [-1, 2]})],
