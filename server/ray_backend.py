@@ -34,7 +34,7 @@ from gradwire.server.backend import Job, Outcome, ShardRecord  # noqa: E402
 from gradwire.server.config import ServerConfig  # noqa: E402
 from gradwire.server.status import DeadlineExceeded, WorkersUnavailable  # noqa: E402
 from gradwire.worker.cancel import Cancelled, CancelToken  # noqa: E402
-from gradwire.worker.ray_worker import ShardWorker  # noqa: E402
+from gradwire.worker.ray_worker import ShardWorker, Stopped  # noqa: E402
 from gradwire.worker.lru import LruCache  # noqa: E402
 from gradwire.worker.shards import aligned_blocks, combine  # noqa: E402
 from gradwire.worker.validate import GraphError  # noqa: E402
@@ -189,7 +189,7 @@ class RayBackend:
             for ref in ready:
                 unit, worker, handle = inflight.pop(ref)
                 try:
-                    result, infos = ray.get(ref, timeout=60)
+                    value = ray.get(ref, timeout=60)
                 except TaskCancelledError:  # only we cancel our tasks, and only to end the request
                     abandon(ended())
                 except _LOST + (GetTimeoutError,):
@@ -203,12 +203,16 @@ class RayBackend:
                     continue
                 except RayTaskError as exc:
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
-                    if isinstance(cause, Cancelled):  # the task saw the deadline (its clock may be a bit
-                        cancel.cancel("a shard stopped at the deadline")  # ahead): the request's end, not a fault
+                    if isinstance(cause, Cancelled):  # as Stopped, should a Cancelled ever escape a task
+                        cancel.cancel(f"a shard stopped: {cause}")
                         abandon(ended())
                     if isinstance(cause, GraphError):  # deterministic: a retry would fail the same way
                         abandon(cause)
                     abandon(exc)  # unexpected: fail the request, but cancel its other shards first
+                if isinstance(value, Stopped):  # the task saw the deadline (its clock may run a bit
+                    cancel.cancel(f"a shard stopped: {value.reason}")  # ahead): the request's end, not a fault
+                    abandon(ended())
+                result, infos = value
                 results[unit] = result
                 for i, info in zip(range(*units[unit]), infos):
                     start, stop, _ = plan[i]

@@ -30,6 +30,10 @@ SHARDS = 8
 HEAVY_SIZES = (16, 512, 512, CLASSES)  # compute-heavy, small upload
 HEAVY_BATCH = 24_000
 HEAVY_SHARDS = 32
+# ~20 s of compute (~10 s on 2 workers) in tasks of ~5 s each (8 shards a task), nodes of
+# ~0.1 s: a request that surely outlasts a deadline of a second or so, on faster machines too
+SLOW_SIZES = (16, 1024, 1024, 1024, CLASSES)
+SLOW_BATCH = 48_000
 
 
 # ------------------------------------------------------------------ graphs and data
@@ -73,6 +77,10 @@ def _data(dtype: str, n: int, sizes=SIZES, reduction: str = "mean", seed: int = 
 
 def _heavy():
     return _mlp("float64", HEAVY_SIZES), *_data("float64", HEAVY_BATCH, HEAVY_SIZES, seed=11)
+
+
+def _slow():
+    return _mlp("float64", SLOW_SIZES), *_data("float64", SLOW_BATCH, SLOW_SIZES, seed=13)
 
 
 def _assert_bitwise(loss, grads, want_loss, want_grads, what=""):
@@ -148,6 +156,24 @@ def _kill(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def _cpu_seconds(pids) -> dict[int, float]:
+    """CPU time (user + system, all threads) each process has used so far."""
+    out = {}
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return out
+
+
+def _cpu_use(pids, seconds: float = 0.5) -> dict[int, float]:
+    """Cores each process used over the next ``seconds``."""
+    before, t = _cpu_seconds(pids), time.monotonic()
+    time.sleep(seconds)
+    after, elapsed = _cpu_seconds(pids), time.monotonic() - t
+    return {pid: (after[pid] - before[pid]) / elapsed for pid in pids}
 
 
 def _wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
@@ -316,7 +342,7 @@ def test_check_finite_names_the_log_op(ray_cluster):
 def test_deadline_cancels_and_frees_the_cluster(served, caplog):
     server, client = served
     caplog.set_level(logging.INFO, logger="gradwire.server")
-    graph, params, batch = _heavy()
+    graph, params, batch = _slow()
     # idle: the cluster's CPUs less what this server's actors hold (servers stopped by earlier
     # tests may still be releasing theirs, so wait for that first)
     config = server.config
@@ -344,6 +370,77 @@ def test_deadline_cancels_and_frees_the_cluster(served, caplog):
     want = gw.local(shards=SHARDS, blas_threads=1).value_and_grad(_mlp("float64"), small_params, small_batch)
     loss, grads = client.value_and_grad(_mlp("float64"), small_params, small_batch)
     _assert_bitwise(loss, grads, *want, "after a cancelled request")
+
+
+def test_deadline_stops_the_shards_running_on_the_workers(served):
+    """A request of ~10 s with a 1 s deadline: DEADLINE_EXCEEDED at ~1 s, and the Ray worker
+    processes stop computing soon after (a running task of a regular actor is not interrupted
+    by ``ray.cancel``: the shard's own token stops it at its next node); no worker is
+    replaced, and the next request is answered exactly."""
+    server, client = served
+    graph, params, batch = _slow()
+    pids = [w["pid"] for w in server.backend.worker_identities()]
+    replaced = server.backend.replaced
+    out: dict = {}
+
+    def request():
+        out["start"] = time.monotonic()
+        try:
+            client.run(graph, params, batch, shards=HEAVY_SHARDS, timeout=1.0)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            out["error"] = exc
+        out["end"] = time.monotonic()
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    time.sleep(0.3)
+    busy = _cpu_use(pids, 0.6)  # most of the deadline's second: the workers are computing
+    thread.join(60)
+    assert not thread.is_alive()
+    assert isinstance(out.get("error"), gw.DeadlineExceeded), out.get("error")
+    deadline = out["start"] + 1.0
+    assert out["end"] - deadline < 2.0, f"answered {out['end'] - deadline:.1f} s after the deadline"
+    assert sum(busy.values()) > 0.2, f"the workers were not computing before the deadline: {busy}"
+
+    time.sleep(max(0.0, deadline + 1.0 - time.monotonic()))
+    after = _cpu_use(pids)  # a window starting 1 s after the deadline
+    assert all(use < 0.1 for use in after.values()), \
+        f"Ray workers still computing 1 s after the deadline (cores: {after}; before it: {busy})"
+    assert server.backend.replaced == replaced  # cancelled work is not a lost worker
+    assert sorted(w["pid"] for w in server.backend.worker_identities()) == sorted(pids)
+
+    small_params, small_batch = _data("float64", BATCH, seed=17)
+    want = gw.local(shards=SHARDS, blas_threads=1).value_and_grad(_mlp("float64"), small_params, small_batch)
+    _assert_bitwise(*client.value_and_grad(_mlp("float64"), small_params, small_batch), *want, "the next request")
+
+
+def test_a_task_stops_at_its_wall_clock_deadline_outside_ray_too():
+    """``ShardWorker.run_shards`` run in this process (no Ray task: no probe): a deadline
+    already past stops it before any node (``Stopped``); a distant one changes nothing."""
+    from gradwire.worker.codec import graph_to_proto
+    from gradwire.worker.engine import Program
+    from gradwire.worker.ray_worker import ShardWorker, Stopped, task_token
+    from gradwire.worker.shards import combine, shard_bounds, shard_weight
+
+    token = task_token(time.time() + 100.0)
+    assert 99.0 < token.remaining() <= 100.0 and not token.cancelled
+    assert task_token(time.time() - 1.0).cancelled and task_token(None).deadline is None
+
+    graph = _mlp("float64")
+    params, batch = _data("float64", BATCH)
+    program = Program(graph.graph_def)
+    bounds = shard_bounds(BATCH, 2)
+    weights = [shard_weight(program, BATCH, a, b) for a, b in bounds]
+    worker = ShardWorker("local")
+    args = ("g", [graph_to_proto(graph.graph_def).SerializeToString()], "p-1", [params], batch, bounds, weights,
+            None, (), False, None)
+    stopped = worker.run_shards(*args, deadline=time.time() - 0.001)
+    assert isinstance(stopped, Stopped) and stopped.deadline_passed
+    result, infos = worker.run_shards(*args, deadline=time.time() + 100.0)
+    want = combine([program.run(params, {k: v[a:b] for k, v in batch.items()}, loss_scale=w)
+                    for (a, b), w in zip(bounds, weights)], program)
+    _assert_bitwise(result.loss, result.grads, want.loss, want.grads, "in-process run_shards")
+    assert len(infos) == 2
 
 
 # ------------------------------------------------------------------ 3. a worker killed mid-request

@@ -8,7 +8,9 @@ puts), never chosen by a client, so a key always names the one value it was made
 
 A task stops within one node's time when its request ends: its cancellation token asks Ray
 whether the task was cancelled (``ray.cancel`` only sets a flag on a running task of a
-regular actor) and carries the request's deadline.
+regular actor) and carries the request's deadline. A stopped task returns ``Stopped``
+rather than raising: Ray logs an error, traceback and all, for every failed task whose
+result nobody fetches, and the driver fetches none once it has given up on the request.
 """
 
 from __future__ import annotations
@@ -18,16 +20,25 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from gradwire.worker.cancel import CancelToken
+from gradwire.worker.cancel import Cancelled, CancelToken
 from gradwire.worker.codec import graph_from_bytes
 from gradwire.worker.engine import Program, Result
 from gradwire.worker.lru import LruCache
 from gradwire.worker.shards import combine, shard_batch
 
 _ONE_SHOT_SETS = 2  # a request's own parameter set serves only its tasks: keep the last few, not 16
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A task's result when its request ended under it (deadline or cancellation)."""
+
+    reason: str
+    deadline_passed: bool = False
 
 
 class ShardWorker:
@@ -55,7 +66,7 @@ class ShardWorker:
     def run_shards(self, graph_id: str, graph_ref: list, params_key: str, params_ref: list,
                    batch: dict[str, np.ndarray], bounds: list[tuple[int, int]], weights: list[float],
                    wrt, fetch, check_finite: bool, limits, deadline: float | None = None,
-                   reuse: bool = True) -> tuple[Result, list[dict]]:
+                   reuse: bool = True) -> tuple[Result, list[dict]] | Stopped:
         """Consecutive shards of one request (``batch`` holds exactly their rows; ``bounds``
         are their row ranges in the whole batch), combined as the driver would combine them:
         an aligned block of shards is a subtree of the fixed summation tree. ``graph_ref`` and
@@ -63,8 +74,16 @@ class ShardWorker:
         ``params_key`` is the driver's key for exactly that parameter set; ``reuse`` False:
         only this request uses it. ``deadline`` is the request's, as wall-clock time
         (``time.time()``: what processes on different nodes share); past it, or once Ray
-        cancels the task, the shard stops before its next node (``Cancelled``)."""
+        cancels the task, the shard stops before its next node and the task returns ``Stopped``."""
         cancel = task_token(deadline)
+        try:
+            return self._run_shards(cancel, graph_id, graph_ref, params_key, params_ref, batch, bounds, weights,
+                                    wrt, fetch, check_finite, limits, reuse)
+        except Cancelled as exc:
+            return Stopped(str(exc), exc.deadline_passed)
+
+    def _run_shards(self, cancel: CancelToken, graph_id, graph_ref, params_key, params_ref, batch, bounds,
+                    weights, wrt, fetch, check_finite, limits, reuse) -> tuple[Result, list[dict]]:
         cancel.check()  # cancelled while it was queued, or the deadline passed on the way
         program = self._programs.get_or_make(graph_id, lambda: Program(graph_from_bytes(_resolve(graph_ref[0])), limits))
         cache = self._params if reuse else self._one_shot
