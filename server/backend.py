@@ -12,7 +12,7 @@ import numpy as np
 
 from gradwire.worker.cancel import CancelToken
 from gradwire.worker.engine import Result
-from gradwire.worker.shards import batch_size, combine, shard_batch, shard_bounds, shard_weight
+from gradwire.worker.shards import batch_size, combine, shard_batch, shard_plan, shard_weight
 from gradwire.server.store import Registered
 
 
@@ -37,12 +37,18 @@ class Job:
         return self.feed is None or self.feed.wait_rows(stop, timeout)
 
     def plan(self) -> list[tuple[int, int, float]]:
-        """(start, stop, weight) per shard; one whole-batch shard when nothing is batched."""
+        """(start, stop, weight) per shard; one whole-batch shard when nothing is batched or
+        the loss does not decompose over the batch (``Program.loss_batching``)."""
         program = self.graph.program
         n = batch_size(program, self.batch)
         if n is None:
             return [(0, 0, 1.0)]
-        return [(a, b, shard_weight(program, n, a, b)) for a, b in shard_bounds(n, self.shards)]
+        return [(a, b, shard_weight(program, n, a, b)) for a, b in shard_plan(program, n, self.shards)]
+
+    @property
+    def sharding(self) -> str:
+        """Why the batch is (not) cut, for ``RunInfo.sharding``: "sharded: ..." or "unsharded: ..."."""
+        return self.graph.program.loss_batching.summary
 
     def shard(self, start: int, stop: int) -> dict[str, np.ndarray]:
         if start == stop == 0:

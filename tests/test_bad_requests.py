@@ -109,7 +109,7 @@ def _broadcast_graph(batched: bool) -> pb.Graph:
     a = TensorSpec((None, 1) if batched else (2**20, 1), F32)
     gd = GraphDef(inputs={"a": a} if batched else {}, params={"b": TensorSpec((1, 2**20), F32)} | (
         {} if batched else {"a": a}), nodes=[Node("outer", "add", ("a", "b")), Node("total", "sum", ("outer",))],
-        loss="total")
+        loss="total", batch_reduction="sum")
     return graph_to_proto(gd)
 
 
@@ -123,7 +123,7 @@ def _sce_graph() -> pb.Graph:
 def _bool_graph() -> pb.Graph:
     g = gw.Graph()
     x, m, w = g.input("x", (None, 3)), g.input("m", (None, 3), "bool"), g.param("w", (3,))
-    g.set_loss(gw.sum(gw.where(m, x * w, x)))
+    g.set_loss(gw.sum(gw.where(m, x * w, x)), batch_reduction="sum")
     return graph_to_proto(g.graph_def)
 
 
@@ -356,7 +356,7 @@ def test_sdk_raises_resource_exhausted(client):
     _good_sdk(client)
     g = gw.Graph()
     a, b = g.input("a", (None, 1)), g.param("b", (1, 2**20))
-    g.set_loss(gw.sum(gw.add(a, b, name="outer")))
+    g.set_loss(gw.sum(gw.add(a, b, name="outer")), batch_reduction="sum")
     with pytest.raises(gw.ResourceExhausted, match="'outer'") as err:
         client.value_and_grad(g, {"b": np.ones((1, 2**20), np.float32)}, {"a": np.ones((2**20, 1), np.float32)})
     assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED

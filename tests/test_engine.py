@@ -93,7 +93,7 @@ def test_fan_out_value_feeds_two_branches(rng):
     W = g.param("W", shape=(4, 3), dtype=F64)
     c = g.const(rng.normal(size=3), dtype=F64)
     h = gw.tanh(x @ W)
-    g.set_loss(gw.sum(gw.relu(h)) + gw.sum(gw.sigmoid(h) * c))
+    g.set_loss(gw.sum(gw.relu(h)) + gw.sum(gw.sigmoid(h) * c), batch_reduction="sum")
     X, W0 = rng.normal(size=(6, 4)), rng.normal(size=(4, 3))
     C = g.graph_def.constants[c.name]
     loss, grads = gw.local().value_and_grad(g, {"W": W0}, {"x": X})
@@ -234,7 +234,7 @@ def test_bind_remembers_shapes_by_name_not_by_position():
     g = gw.Graph()
     x = g.input("x", shape=(None, 3))
     w, v = g.param("w", shape=(3, 2)), g.param("v", shape=(2, 3))
-    g.set_loss(gw.sum(gw.matmul(gw.matmul(x, w), v)))
+    g.set_loss(gw.sum(gw.matmul(gw.matmul(x, w), v)), batch_reduction="sum")
     program = Program(g.graph_def)
     f32 = np.float32
     good = {"w": np.ones((3, 2), f32), "v": np.ones((2, 3), f32)}

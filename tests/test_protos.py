@@ -59,8 +59,8 @@ def _rich_graph():
     h = gw.transpose(gw.reshape(h, shape=[-1, 3, 2]), perm=[0, 2, 1])  # ints attrs
     h = gw.sum(h, axis=[1], keepdims=True)  # axes + bool attrs
     h = gw.slice(gw.concat(h, h * 0.5, axis=1), starts=[-1], ends=[0], axes=[2], steps=[-1])
-    loss = gw.mean(gw.log_softmax(gw.reshape(h, shape=[-1, 4]), axis=-1)) * -1.0
-    g.set_loss(loss, batch_reduction="sum")
+    loss = gw.sum(gw.log_softmax(gw.reshape(h, shape=[-1, 4]), axis=-1)) * -1.0
+    g.set_loss(loss, batch_reduction="sum")  # a sum over the batch: the non-default reduction round-trips
     g.fetch(h)
     rng = np.random.default_rng(2)
     return g, {"w": rng.standard_normal((4, 6))}, {"x": rng.standard_normal((9, 4))}

@@ -142,7 +142,7 @@ def test_100mb_parameter_and_gradient_cross_the_wire(client):
     n = 25_000_000  # 100 MB of float32
     g = gw.Graph()
     x, w = g.input("x", (None, 1)), g.param("W", (n,))
-    g.set_loss(gw.sum(gw.square(w) * x))
+    g.set_loss(gw.sum(gw.square(w) * x), batch_reduction="sum")
     weights = np.random.default_rng(7).standard_normal(n, dtype=np.float32)
     batch = {"x": np.full((1, 1), 2.0, np.float32)}
     sent, received = client.bytes_sent, client.transport.bytes_received
@@ -272,7 +272,7 @@ def test_graph_outputs_larger_than_a_message_stream_back(start_server):
     g = gw.Graph()
     x, w = g.input("x", (None, 1)), g.param("w", (1, 4096))
     g.fetch(gw.tanh(x @ w, name="wide"))  # 256 x 4096 float32 = 4 MiB, from a 1 KiB request
-    g.set_loss(gw.sum(g["wide"]))
+    g.set_loss(gw.sum(g["wide"]), batch_reduction="sum")
     params, batch = {"w": np.full((1, 4096), 0.01, np.float32)}, {"x": np.ones((256, 1), np.float32)}
     with gw.connect(address, chunk_bytes=1 << 20, max_message_bytes=limit) as small_client:
         result = small_client.run(g, params, batch)

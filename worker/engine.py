@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 import numpy as np
 
+from gradwire.worker.batching import analyse as analyse_batching
 from gradwire.worker.cancel import NEVER, CancelToken
 from gradwire.worker.graph import GraphDef
 from gradwire.worker.ops import OPS
@@ -69,6 +70,7 @@ class Program:
         self.specs, self.attrs = infer(graph, self.order, graph.sources(), self.limits)
         check_outputs(graph, self.specs)
         self.ops = [OPS[node.op] for node in self.order]
+        self.loss_batching = analyse_batching(self)  # how shards combine; refuses a mis-declared reduction
         # Forward liveness: the last node (by position) that reads each value.
         self.forward_last_use: dict[str, int] = {}
         for i, node in enumerate(self.order):
@@ -77,6 +79,7 @@ class Program:
         self._backward_plans: dict[tuple[str, ...], _Backward] = {}
         self._schedules: dict[tuple, _Schedule] = {}
         self._bound: dict[tuple, dict[str, TensorSpec]] = {}
+        self._budgets: dict[tuple, tuple] = {}  # worker.budget's estimates, per specs, wrt and fetch
 
     # ------------------------------------------------------------------ checks
 

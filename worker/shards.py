@@ -2,8 +2,10 @@
 
 A batch of N examples is cut into ``n_shards`` contiguous slices whose sizes differ by at
 most one (the plan depends on N and ``n_shards`` only, never on the worker count). Shard i
-runs the engine with its backward pass seeded by its weight: ``n_i / N`` for a "mean" loss,
-1 for a "sum" loss, so the weighted shard losses and gradients add up to the whole batch's.
+runs the engine with its backward pass seeded by its weight: ``n_i / N`` for a loss that is a
+mean over the batch, 1 for a sum, so the weighted shard losses and gradients add up to the
+whole batch's. Which one is derived from the graph (``Program.loss_batching``, see
+``batching.py``), never taken from its declaration; a loss that is neither runs as one shard.
 Results are summed in a fixed pairwise tree ordered by shard index: the same request gives
 the same bits whichever worker ran which shard and in what order they finished.
 """
@@ -42,8 +44,18 @@ def shard_batch(program: Program, batch: dict[str, np.ndarray], start: int, stop
     return {k: v[start:stop] if inputs[k].shape and inputs[k].shape[0] is None else v for k, v in batch.items()}
 
 
+def shard_plan(program: Program, n_examples: int, n_shards: int) -> list[tuple[int, int]]:
+    """``shard_bounds``, or one whole-batch shard when the loss does not decompose."""
+    if program.loss_batching.reduction is None:
+        return [(0, n_examples)]
+    return shard_bounds(n_examples, n_shards)
+
+
 def shard_weight(program: Program, n_examples: int, start: int, stop: int) -> float:
-    return 1.0 if program.graph.batch_reduction == "sum" else (stop - start) / n_examples
+    # by the derived reduction: 1 for a sum and for a lone whole-batch shard
+    if program.loss_batching.reduction == "mean":
+        return (stop - start) / n_examples
+    return 1.0
 
 
 def tree_sum(parts: Sequence):
@@ -103,7 +115,7 @@ def run_sharded(program: Program, params: dict[str, np.ndarray], batch: dict[str
                 n_shards: int = 1, **run_kwargs) -> Result:
     """Run every shard in this process and combine: the in-process twin of the Ray backend."""
     n = batch_size(program, batch)
-    if n is None or n_shards <= 1:
+    if n is None or n_shards <= 1 or program.loss_batching.reduction is None:
         return program.run(params, batch, **run_kwargs)
     program.bind(params, batch)  # reject a bad request once, before any shard runs
     results = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradwire.worker import batching
 from gradwire.worker.ops.registry import (
     Attr,
     Op,
@@ -39,21 +40,22 @@ def _infer_binary(a: TensorSpec, b: TensorSpec) -> TensorSpec:
     return TensorSpec(broadcast_dims(a.shape, b.shape), a.dtype)
 
 
-def unary(name, forward, rule, saves, domain="real", attrs=None, attr_samples=({},), doc=""):
+def unary(name, forward, rule, saves, domain="real", attrs=None, attr_samples=({},), doc="",
+          batch=batching.elementwise):
     def samples(rng):
         return [Sample((DOMAINS[domain](rng, (3, 4)),), dict(a)) for a in attr_samples]
 
     return register(Op(name, forward, _infer_unary, (rule,), samples, arity=1,
-                       attrs=attrs or {}, saves=saves, doc=doc))
+                       attrs=attrs or {}, saves=saves, doc=doc, batch=batch))
 
 
-def binary(name, forward, rule_a, rule_b, saves, domain=("real", "real"), doc=""):
+def binary(name, forward, rule_a, rule_b, saves, domain=("real", "real"), doc="", batch=batching.elementwise):
     def samples(rng):
         return [Sample((DOMAINS[domain[0]](rng, sa), DOMAINS[domain[1]](rng, sb)))
                 for sa, sb in BINARY_SHAPES]
 
     return register(Op(name, forward, _infer_binary, (rule_a, rule_b), samples, arity=2,
-                       saves=saves, broadcast=True, doc=doc))
+                       saves=saves, broadcast=True, doc=doc, batch=batch))
 
 
 def _mask(condition: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -82,10 +84,10 @@ def _relu(x: np.ndarray) -> np.ndarray:
 
 binary("add", np.add,
        lambda g, y, a, b: g,
-       lambda g, y, a, b: g, saves=())
+       lambda g, y, a, b: g, saves=(), batch=batching.linear)
 binary("mul", np.multiply,
        lambda g, y, a, b: g * b,
-       lambda g, y, a, b: g * a, saves=(0, 1))
+       lambda g, y, a, b: g * a, saves=(0, 1), batch=batching.scaling)
 # NOTE: the subgradient at x == 0 is 0, as in PyTorch; y > 0 iff x > 0, so y suffices.
 # g * (y > 0) casts the bool mask inside the multiply (1.0/0.0 exactly, in g's dtype): the
 # same values as multiplying by a converted mask, without allocating that mask.
@@ -96,10 +98,10 @@ unary("sigmoid", sigmoid, lambda g, y, x: g * y * (1 - y), saves=("y",))
 
 binary("sub", np.subtract,
        lambda g, y, a, b: g,
-       lambda g, y, a, b: -g, saves=())
+       lambda g, y, a, b: -g, saves=(), batch=batching.linear)
 binary("div", np.divide,
        lambda g, y, a, b: g / b,
-       lambda g, y, a, b: -g * y / b, saves=(1, "y"), domain=("real", "positive"))
+       lambda g, y, a, b: -g * y / b, saves=(1, "y"), domain=("real", "positive"), batch=batching.dividing)
 
 
 def _pick_larger(a, b, g):
@@ -116,7 +118,7 @@ binary("minimum", np.minimum,
 
 # ------------------------------------------------------------------ unary
 
-unary("neg", np.negative, lambda g, y, x: -g, saves=())
+unary("neg", np.negative, lambda g, y, x: -g, saves=(), batch=batching.unary_linear)
 unary("exp", np.exp, lambda g, y, x: g * y, saves=("y",), domain="small")
 unary("log", np.log, lambda g, y, x: g / x, saves=(0,), domain="positive")
 unary("tanh", np.tanh, lambda g, y, x: g * (1 - y * y), saves=("y",))

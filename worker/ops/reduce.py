@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradwire.worker import batching
 from gradwire.worker.ops.elementwise import sigmoid
 from gradwire.worker.ops.registry import (
     Attr,
@@ -47,18 +48,33 @@ def _reduce_samples(rng):
             Sample((x,), {"axis": -1})]
 
 
-def reduction(name, forward, rule, saves, doc):
+def _reduce_batch(over_batch: batching.Batch | None):
+    """A reduction's rule. ``over_batch``: what reducing over the batch axis gives (MEAN for
+    mean, even over several axes: each example has as many elements; SUM for sum; None for
+    max, which is not linear). Reducing a batch-free mean or sum keeps it only when linear."""
+    def rule(ins, specs, out, axis=None, keepdims=False):
+        (b,), (s,) = ins, specs
+        if b.reduced:
+            return b if over_batch else batching.coupled("takes a max of a mean or sum over the batch")
+        axes = normalize_axes(axis, s.ndim)
+        if b.axis in axes:
+            return over_batch or batching.coupled("takes a max over the batch axis")
+        return batching.rows(b.axis if keepdims else b.axis - sum(a < b.axis for a in axes))
+    return rule
+
+
+def reduction(name, forward, rule, saves, doc, batch):
     return register(Op(name, forward, _infer_reduce, (rule,), _reduce_samples,
-                       attrs=REDUCE_ATTRS, saves=saves, doc=doc))
+                       attrs=REDUCE_ATTRS, saves=saves, doc=doc, batch=_reduce_batch(batch)))
 
 
 reduction("sum", lambda x, axis=None, keepdims=False: np.sum(x, axis=_axis(axis), keepdims=keepdims),
           lambda g, y, x, axis=None, keepdims=False: np.broadcast_to(_expand(g, x, axis, keepdims), x.shape),
-          saves=(), doc="sum over axes (all when axis is None)")
+          saves=(), doc="sum over axes (all when axis is None)", batch=batching.SUM)
 reduction("mean", lambda x, axis=None, keepdims=False: np.mean(x, axis=_axis(axis), keepdims=keepdims),
           lambda g, y, x, axis=None, keepdims=False:
               np.broadcast_to(_expand(g, x, axis, keepdims) / _count(x, axis), x.shape),
-          saves=(), doc="mean over axes (all when axis is None)")
+          saves=(), doc="mean over axes (all when axis is None)", batch=batching.MEAN)
 
 
 def _max_vjp(g, y, x, axis=None, keepdims=False):
@@ -68,7 +84,7 @@ def _max_vjp(g, y, x, axis=None, keepdims=False):
 
 
 reduction("max", lambda x, axis=None, keepdims=False: np.max(x, axis=_axis(axis), keepdims=keepdims),
-          _max_vjp, saves=(0, "y"), doc="max over axes (all when axis is None)")
+          _max_vjp, saves=(0, "y"), doc="max over axes (all when axis is None)", batch=None)
 
 
 # ------------------------------------------------------------------ softmax family
@@ -90,6 +106,15 @@ def _softmax(x, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def _softmax_batch(ins, specs, out, axis=-1):
+    (b,), (s,) = ins, specs
+    if b.reduced:
+        return batching.coupled("normalizes a mean or sum over the batch")
+    if axis % s.ndim == b.axis:
+        return batching.coupled("normalizes along the batch axis")
+    return b
+
+
 def _softmax_samples(rng):
     return [Sample((rng.normal(size=(3, 5)),), {}), Sample((rng.normal(size=(2, 3, 4)),), {"axis": 1})]
 
@@ -97,15 +122,28 @@ def _softmax_samples(rng):
 register(Op(
     "softmax", _softmax, _infer_softmax,
     (lambda g, y, x, axis=-1: y * (g - (g * y).sum(axis=axis, keepdims=True)),),
-    _softmax_samples, attrs={"axis": Attr("int", -1)}, saves=("y",),
+    _softmax_samples, attrs={"axis": Attr("int", -1)}, saves=("y",), batch=_softmax_batch,
 ))
 register(Op(
     "log_softmax", _log_softmax, _infer_softmax,
     (lambda g, y, x, axis=-1: g - np.exp(y) * g.sum(axis=axis, keepdims=True),),
-    _softmax_samples, attrs={"axis": Attr("int", -1)}, saves=("y",),
+    _softmax_samples, attrs={"axis": Attr("int", -1)}, saves=("y",), batch=_softmax_batch,
 ))
 
 # ------------------------------------------------------------------ losses (scalar, mean over elements)
+
+
+def _mean_loss_batch(batch_axis: int | None):
+    """The losses are means over every element (cross-entropy: over rows): a mean over
+    examples when every input carries the batch on the same axis (``batch_axis`` when the op
+    fixes it). A batch-free target would pair its rows with examples by position."""
+    def rule(ins, specs, out):
+        axes = {b.axis for b in ins}
+        if all(b.kind == "rows" for b in ins) and len(axes) == 1 and (batch_axis is None or axes == {batch_axis}):
+            return batching.MEAN
+        where = "the same axis" if batch_axis is None else f"axis {batch_axis}"
+        return batching.coupled(f"needs every input to carry the batch on {where}")
+    return rule
 
 
 def _infer_sce(logits: TensorSpec, labels: TensorSpec) -> TensorSpec:
@@ -148,7 +186,7 @@ def _sce_samples(rng):
 
 register(Op(
     "softmax_cross_entropy", _sce_forward, _infer_sce, (_sce_vjp, None), _sce_samples,
-    arity=2, saves=(0, 1),
+    arity=2, saves=(0, 1), batch=_mean_loss_batch(0),
     doc="mean over the batch of -log softmax(logits)[label]; logits (batch, classes), integer labels (batch,)",
 ))
 
@@ -171,7 +209,7 @@ register(Op(
     "mse", lambda p, t: np.mean(np.square(p - t)).astype(p.dtype), _infer_pairwise_loss,
     (lambda g, y, p, t: (p - t) * (2 * g / p.size),
      lambda g, y, p, t: (t - p) * (2 * g / p.size)),
-    _pair_samples(lambda rng, s: rng.normal(size=s)), arity=2, saves=(0, 1),
+    _pair_samples(lambda rng, s: rng.normal(size=s)), arity=2, saves=(0, 1), batch=_mean_loss_batch(None),
     doc="mean squared error over all elements",
 ))
 
@@ -185,6 +223,6 @@ register(Op(
     "binary_cross_entropy_with_logits", _bce_forward, _infer_pairwise_loss,
     (lambda g, y, x, t: (sigmoid(x) - t) * (g / x.size),
      lambda g, y, x, t: x * (-g / x.size)),
-    _pair_samples(lambda rng, s: rng.uniform(0.0, 1.0, s)), arity=2, saves=(0, 1),
+    _pair_samples(lambda rng, s: rng.uniform(0.0, 1.0, s)), arity=2, saves=(0, 1), batch=_mean_loss_batch(None),
     doc="mean over all elements of the logistic loss of logits against targets in [0, 1]",
 ))

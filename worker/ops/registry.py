@@ -14,6 +14,12 @@ An op holds, side by side:
   handed a zero-strided placeholder that has only the right shape and dtype.
 * ``broadcast``: the op broadcasts its inputs as NumPy does; the executor reduces each
   gradient back to its input's shape with ``unbroadcast`` (the one place that does it).
+* ``batch(ins, in_specs, out_spec, **attrs) -> Batch``: how the output depends on the batch,
+  given the inputs' points of the lattice in ``worker/batching.py`` (FREE, ROWS(axis), MEAN,
+  SUM, COUPLED). The default, ``batching.elementwise``, is right only for elementwise ops that
+  are non-linear; every other op states its rule (``tests/test_batching.py`` checks each
+  rule against the op's kernel). Sharding is derived from these rules, so a wrong one gives
+  wrong sharded answers: when unsure, return ``batching.coupled(why)``.
 * ``flops(out_spec, *in_specs, **attrs) -> int``: the forward pass's floating-point
   operations, for the admission estimate (``worker/budget.py``). ``None``: one per element
   of the largest operand, input or output (right for elementwise ops and reductions).
@@ -29,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from gradwire.worker import batching
 from gradwire.worker.spec import FLOAT_DTYPES, TensorSpec
 
 
@@ -73,6 +80,7 @@ class Op:
     broadcast: bool = False
     doc: str = ""
     flops: Callable[..., int] | None = None  # flops(out_spec, *in_specs, **attrs); see the module docstring
+    batch: Callable[..., batching.Batch] = batching.elementwise  # see the module docstring
 
     def differentiable(self, n_inputs: int) -> tuple[bool, ...]:
         if callable(self.vjp):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradwire.worker import batching
 from gradwire.worker.ops.registry import (
     Attr,
     Op,
@@ -40,6 +41,35 @@ def _matmul_samples(rng):
     return [Sample((rng.normal(size=sa), rng.normal(size=sb))) for sa, sb in pairs]
 
 
+def _matmul_lands(b: batching.Batch, spec: TensorSpec, kept: int) -> int | None:
+    """Where a ROWS operand's batch axis lands in the output, counted from the right: its
+    ``kept`` axis (-2 for a's rows, -1 for b's columns) and leading (broadcast) axes stay in
+    place; the contracted axis (the other of the last two) lands nowhere (None)."""
+    k = b.axis - spec.ndim
+    return None if k == -3 - kept else k
+
+
+def _matmul_batch(ins, specs, out):
+    """a @ b is bilinear: a mean or sum times a batch-free matrix keeps it; rows of a (or
+    columns of b) stay per-example; contracting over the batch, or pairing a's rows with b's
+    columns, couples examples."""
+    reduced = [b for b in ins if b.reduced]
+    if reduced:
+        if len(reduced) == 1 and all(b.kind == "free" for b in ins if not b.reduced):
+            return reduced[0]
+        return batching.coupled("multiplies a mean or sum over the batch by a batch-dependent operand")
+    landed = {_matmul_lands(b, s, kept) for b, s, kept in zip(ins, specs, (-2, -1)) if b.kind == "rows"}
+    if None in landed:
+        return batching.coupled("contracts over the batch axis")
+    if len(landed) > 1:
+        return batching.coupled("pairs every example of one operand with every example of the other")
+    k = landed.pop()
+    if k <= -3:  # a broadcast (leading) axis: as elementwise, a batch-free operand must have size 1 there
+        lead = tuple(TensorSpec(s.shape[:-2], s.dtype) for s in specs)
+        return batching.broadcast_rows(ins, lead, out.ndim - 2)
+    return batching.rows(out.ndim + k)
+
+
 def _matmul_flops(out: TensorSpec, a: TensorSpec, b: TensorSpec) -> int:
     # a multiply and an add per (output element, inner index), batch dims included
     k = a.shape[-1]  # unknown (None) only before a batch arrives: count it as 1, as num_elements does
@@ -51,7 +81,7 @@ register(Op(
     "matmul", np.matmul, _infer_matmul,
     (lambda g, y, a, b: g @ _swap(b),
      lambda g, y, a, b: _swap(a) @ g),
-    _matmul_samples, arity=2, saves=(0, 1), broadcast=True,
+    _matmul_samples, arity=2, saves=(0, 1), broadcast=True, batch=_matmul_batch,
     doc="a @ b over the last two dimensions; leading dimensions broadcast", flops=_matmul_flops,
 ))
 
@@ -67,12 +97,17 @@ def _infer_transpose(x: TensorSpec, perm=None) -> TensorSpec:
     return TensorSpec(tuple(x.shape[i] for i in p), x.dtype)
 
 
+def _transpose_batch(ins, specs, out, perm=None):
+    (b,), (s,) = ins, specs
+    return b if b.reduced else batching.rows(_perm(s.ndim, perm).index(b.axis))
+
+
 register(Op(
     "transpose", lambda x, perm=None: np.transpose(x, perm), _infer_transpose,
     (lambda g, y, x, perm=None: np.transpose(g, np.argsort(_perm(x.ndim, perm))),),
     lambda rng: [Sample((rng.normal(size=(2, 3, 4)),), {"perm": [1, 2, 0]}),
                  Sample((rng.normal(size=(3, 4)),), {})],
-    attrs={"perm": Attr("ints", None)}, saves=(),
+    attrs={"perm": Attr("ints", None)}, saves=(), batch=_transpose_batch,
 ))
 
 
@@ -94,12 +129,24 @@ def _infer_reshape(x: TensorSpec, shape) -> TensorSpec:
     return TensorSpec(target, x.dtype)
 
 
+def _reshape_batch(ins, specs, out, shape):
+    """Per-example only when -1 takes exactly the leading batch axis: every example then
+    keeps its own row (x.reshape(-1, 12) on (None, 3, 4)). A reshape keeps a mean or sum."""
+    (b,), (s,) = ins, specs
+    if b.reduced:
+        return b
+    rest, target = s.shape[1:], tuple(shape)[1:]
+    if b.axis == 0 and shape[0] == -1 and None not in rest and num_elements(rest) == num_elements(target):
+        return b
+    return batching.coupled("reshapes across the batch axis")
+
+
 register(Op(
     "reshape", lambda x, shape: np.reshape(x, shape), _infer_reshape,
     (lambda g, y, x, shape: np.reshape(g, x.shape),),
     lambda rng: [Sample((rng.normal(size=(2, 6)),), {"shape": [3, 4]}),
                  Sample((rng.normal(size=(2, 3, 2)),), {"shape": [-1, 2]})],
-    attrs={"shape": Attr("ints")}, saves=(),
+    attrs={"shape": Attr("ints")}, saves=(), batch=_reshape_batch,
 ))
 
 
@@ -112,11 +159,17 @@ def _infer_broadcast_to(x: TensorSpec, shape) -> TensorSpec:
     return TensorSpec(target, x.dtype)
 
 
+def _broadcast_to_batch(ins, specs, out, shape):
+    # the target is fixed: the batch axis would have to be of that size
+    b = ins[0]
+    return b if b.reduced else batching.coupled("broadcasts the batch axis to a fixed size")
+
+
 register(Op(
     "broadcast_to", lambda x, shape: np.broadcast_to(x, shape), _infer_broadcast_to,
     (lambda g, y, x, shape: unbroadcast(g, x.shape),),
     lambda rng: [Sample((rng.normal(size=(3, 1)),), {"shape": [2, 3, 4]})],
-    attrs={"shape": Attr("ints")}, saves=(),
+    attrs={"shape": Attr("ints")}, saves=(), batch=_broadcast_to_batch,
 ))
 
 
@@ -145,11 +198,24 @@ def _concat_vjp(g, y, *xs, axis=0):
     return tuple(np.split(g, cuts, axis=axis))
 
 
+def _concat_batch(ins, specs, out, axis=0):
+    """Per-example when every input carries the batch on the same axis and the concat is
+    along another; of means or sums, as add (concat is linear)."""
+    if any(b.reduced for b in ins):
+        return batching.linear(ins, specs, out)
+    axes = {b.axis for b in ins}
+    if len(axes) > 1 or None in axes:
+        return batching.coupled("joins per-example rows with a batch-free tensor or rows along another axis")
+    if axes == {axis % out.ndim}:
+        return batching.coupled("concatenates along the batch axis")
+    return ins[0]
+
+
 register(Op(
     "concat", lambda *xs, axis=0: np.concatenate(xs, axis=axis), _infer_concat, _concat_vjp,
     lambda rng: [Sample((rng.normal(size=(2, 3)), rng.normal(size=(2, 1)), rng.normal(size=(2, 2))), {"axis": 1}),
                  Sample((rng.normal(size=(1, 3)), rng.normal(size=(2, 3))), {})],
-    arity=None, attrs={"axis": Attr("int", 0)}, saves=(),
+    arity=None, attrs={"axis": Attr("int", 0)}, saves=(), batch=_concat_batch,
 ))
 
 
@@ -180,6 +246,23 @@ def _slice_vjp(g, y, x, starts, ends, axes=None, steps=None):
     return grad
 
 
+INT64_MAX = 2**63 - 1  # an end past any dimension: ONNX's "to the end"
+
+
+def _slice_batch(ins, specs, out, starts, ends, axes=None, steps=None):
+    """Slicing another axis keeps rows per-example; along the batch axis only the whole,
+    in order ([0:INT64_MAX:1]) does: anything else picks examples by position."""
+    (b,), (s,) = ins, specs
+    if b.reduced:
+        return b
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if axis % s.ndim == b.axis and (start, end, step) != (0, INT64_MAX, 1):
+            return batching.coupled("slices along the batch axis")
+    return b
+
+
 def _slice(x, starts, ends, axes=None, steps=None):
     # a copy: a view would keep all of x alive for a few of its elements, which neither the
     # executor's freeing nor the memory estimate (worker/budget.py) would see
@@ -192,7 +275,7 @@ register(Op(
     lambda rng: [Sample((rng.normal(size=(4, 5)),), {"starts": [1], "ends": [3]}),
                  Sample((rng.normal(size=(4, 6)),), {"starts": [-1, 0], "ends": [-5, 6], "axes": [0, 1], "steps": [-1, 2]})],
     attrs={"starts": Attr("ints"), "ends": Attr("ints"), "axes": Attr("ints", None), "steps": Attr("ints", None)},
-    saves=(),
+    saves=(), batch=_slice_batch,
     doc="Python-style slicing (negative indices, steps) along the given axes, as ONNX Slice",
 ))
 
