@@ -57,3 +57,29 @@ def test_contention_counts_the_work_a_workload_starts_as_its_own():
         time.sleep(1.5)
     assert own.foreign_cpus is not None and foreign.foreign_cpus is not None
     assert own.foreign_cpus < 0.5 < foreign.foreign_cpus, (own.foreign_cpus, foreign.foreign_cpus)
+
+
+def test_robustness_workloads_quick_smoke(tmp_path):
+    """The aio_latency, stalled_streams and deadline_idle workloads produce their rows (the
+    before/after rows only with GRADWIRE_BENCH_BASELINE_TREE, unset here)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_BENCH_")}
+    out = subprocess.run([sys.executable, "-m", "gradwire", "bench", "--quick", "--only", "aio_latency",
+                          "--only", "stalled_streams", "--only", "deadline_idle", "--out", str(tmp_path / "bench.json")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert not results["errors"], results["errors"]
+    rows = {row["name"]: row for row in results["rows"]}
+    keys = {"name", "median_ms", "min_ms", "ratio", "target", "pass", "notes", "workload"}
+    assert all(keys <= set(row) for row in rows.values())
+    latency = [r for r in rows.values() if r["workload"] == "aio_latency"]
+    assert {"aio_latency/grpc echo (bare sync server, own process)",
+            "aio_latency/floor: grpc.aio echo through loop -> thread pool -> loop"} <= set(rows)
+    assert any(r["name"].startswith("aio_latency/gradwire after") and r["target"] for r in latency)
+    assert any(r["name"] == "aio_latency/after / before" and "skipped" in r["notes"] for r in latency)
+    stalled = [r for r in rows.values() if r["workload"] == "stalled_streams"]
+    assert sorted(r["streams"] for r in stalled) == [0, 16]
+    assert all(r["answered"] == r["checks"] and "p99_ms" in r["stats"] for r in stalled)
+    idle = rows["deadline_idle/deadline -> server CPU idle"]
+    assert {"node_ms", "bound_ms", "worst_ms", "trials"} <= set(idle)
+    assert all(t["code"] == "DEADLINE_EXCEEDED" for t in idle["trials"])

@@ -1,0 +1,662 @@
+"""Robustness workloads of the grpc.aio server: what it costs and what it now tolerates.
+Every server here runs in a process of its own, so client and server never share a GIL.
+
+* ``aio_latency``     the seed's tiny graph, p50, through the SDK and a bare stub, against
+                      a bare gRPC echo (sync server, its own process). With
+                      ``GRADWIRE_BENCH_BASELINE_TREE=/path`` (a checkout of the threaded
+                      server, e.g. ``git worktree add /tmp/oldtree f6c3f68``) the same calls
+                      against that tree's server too, in the same interleaved rounds: the
+                      before/after rows; absent, they are skipped. ``GRADWIRE_BENCH_CANDIDATE_TREE``
+                      adds a third tree the same way (a design change tried in a copy).
+                      Floor rows: bare grpc.aio echoes, inline and through the event loop →
+                      thread pool → event loop hop the server's compute takes, no gradwire code.
+* ``stalled_streams`` health-check p50/p99 while N CreateSession streams (16 ... 1024) sent
+                      their header and stalled, against the same with none open.
+* ``deadline_idle``   a computation of many seconds with a short deadline: how long after
+                      the deadline the server process's CPU falls idle (/proc/PID/stat sampled
+                      every 10 ms), against 100 ms plus the time of one node.
+
+``tree_server`` (a gradwire server of any checkout, started from that checkout's folder so
+its code is the one imported) is the helper they share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from gradwire.bench.registry import Config, Row, row, workload
+from gradwire.bench.timing import median, percentile, round_orders, summarize
+
+BASELINE_ENV = "GRADWIRE_BENCH_BASELINE_TREE"
+CANDIDATE_ENV = "GRADWIRE_BENCH_CANDIDATE_TREE"
+
+
+# ---------------------------------------------------------------- servers in their own process
+
+_TREE_SERVER = r"""
+import json, logging, os, sys
+config = json.loads(sys.argv[1])
+# as `gradwire serve` does: per-request INFO lines, here written to nowhere
+logging.basicConfig(level="INFO", stream=open(os.devnull, "w"),
+                    format="%(asctime)s %(levelname)s %(name)s %(message)s")
+import gradwire.server.app as app
+from gradwire.server.config import ServerConfig
+server, port = app.create_server(ServerConfig(**config))
+print(port, os.path.realpath(app.__file__), flush=True)
+sys.stdin.read()
+server.stop(0)
+"""
+
+
+class TreeServer:
+    """A running server of one checkout in a child process: ``address``, ``pid``, ``module``
+    (the ``server/app.py`` it actually imported)."""
+
+    def __init__(self, address: str, pid: int, module: str):
+        self.address, self.pid, self.module = address, pid, module
+
+
+@contextlib.contextmanager
+def tree_server(tree: str | None = None, **config: Any) -> Iterator[TreeServer]:
+    """A gradwire server (``create_server`` on 127.0.0.1, port 0, a throw-away job
+    directory, ``ServerConfig(**config)``) in a child process started in ``tree`` (None: the
+    current directory, i.e. this code), so that checkout's ``gradwire`` is the one imported.
+    Ends when its stdin closes; killed by its pid if it lingers."""
+    job_dir = tempfile.mkdtemp(prefix="gradwire-bench-jobs-")
+    settings = {"host": "127.0.0.1", "port": 0, "job_dir": job_dir, "grace_seconds": 0, **config}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}
+    proc = subprocess.Popen([sys.executable, "-c", _TREE_SERVER, json.dumps(settings)], cwd=tree, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().split()
+        if len(line) != 2:
+            raise RuntimeError(f"the server of {tree or os.getcwd()} exited with status {proc.wait()} before answering")
+        port, module = line
+        if tree is not None and not module.startswith(os.path.realpath(tree) + os.sep):
+            raise RuntimeError(f"a server started in {tree} imported {module}, not that tree's code")
+        yield TreeServer(f"127.0.0.1:{port}", proc.pid, module)
+    finally:
+        _end(proc)
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _end(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
+
+
+class AioEcho:
+    """A bare ``grpc.aio`` server in its own process, unary bytes echo, the gradwire server's
+    channel options. ``hop=True``: the handler returns the request through
+    ``loop.run_in_executor`` on a pool of ``max_concurrent`` threads, the event loop →
+    thread → event loop round trip every gradwire compute takes; ``hop=False``: inline."""
+
+    SERVICE = "gradwire.bench.AioBare"
+
+    def __init__(self, hop: bool, max_message_bytes: int | None = None):
+        import grpc
+
+        from gradwire.server.app import channel_options
+        from gradwire.server.config import ServerConfig
+
+        config = ServerConfig()
+        max_message_bytes = max_message_bytes or config.max_message_bytes
+        code = (f"from gradwire.bench.workloads_robust import AioEcho; "
+                f"AioEcho.serve({max_message_bytes}, {config.max_concurrent}, {hop})")
+        self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.port = int(self._proc.stdout.readline())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=channel_options(max_message_bytes))
+        self.echo = self.channel.unary_unary(f"/{self.SERVICE}/Echo")
+
+    @classmethod
+    def serve(cls, max_message_bytes: int, workers: int, hop: bool) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+        import grpc.aio
+
+        from gradwire.server.app import channel_options
+
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="aio-hop")
+
+        def same(request: bytes) -> bytes:
+            return request
+
+        async def echo(request, context):
+            if hop:
+                return await asyncio.get_running_loop().run_in_executor(pool, same, request)
+            return request
+
+        async def main() -> None:
+            server = grpc.aio.server(options=channel_options(max_message_bytes))
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+                cls.SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            print(port, flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+            await server.stop(0)
+
+        asyncio.run(main())
+
+    def close(self) -> None:
+        self.channel.close()
+        _end(self._proc)
+
+    def __enter__(self) -> "AioEcho":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _trees() -> dict[str, str]:
+    """The optional other checkouts named by the environment: {"before": path, "candidate": path}."""
+    out = {}
+    for key, env in (("before", BASELINE_ENV), ("candidate", CANDIDATE_ENV)):
+        path = os.environ.get(env)
+        if path:
+            if not os.path.isfile(os.path.join(path, "server", "app.py")):
+                raise RuntimeError(f"{env}={path} is not a gradwire checkout (no server/app.py)")
+            out[key] = path
+    return out
+
+
+def _git_head(tree: str | None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "server", "worker"], cwd=tree,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + (" + uncommitted server/worker edits" if dirty else "") if out.returncode == 0 else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+# ---------------------------------------------------------------- aio_latency (issue 1)
+
+AIO_LATENCY_TARGET = 2.0  # gradwire p50 / bare gRPC echo p50, both servers in their own process
+REGRESSION_TARGET = 1.05  # after p50 / before p50: "no regression", allowing 5% of paired noise
+AIO_LATENCY_CALLS = 400
+
+
+@workload("aio_latency")
+def aio_latency(cfg: Config) -> list[Row]:
+    """Tiny graph p50 through the aio server (and optionally the threaded one) vs a bare echo."""
+    import gradwire as gw
+    from gradwire.bench.workloads_service import BareGrpc, _raw_compute, ms_list, paired_ratio, scaled_repeats, \
+        seed_graph, timed
+
+    calls = scaled_repeats(cfg, "aio_latency", AIO_LATENCY_CALLS, floor=30)
+    graph, params, batch = seed_graph()
+    ref_loss, _ = gw.local().value_and_grad(graph, params, batch)
+    trees = {"after": None, **_trees()}
+    labels = {"after": f"after: grpc.aio ({_git_head(None)})"}
+    for key, tree in trees.items():
+        if key != "after":
+            labels[key] = f"{key}: {tree} ({_git_head(tree)})"
+    with contextlib.ExitStack() as stack:
+        servers = {key: stack.enter_context(tree_server(tree)) for key, tree in trees.items()}
+        bare = stack.enter_context(BareGrpc(own_process=True))
+        aio_inline = stack.enter_context(AioEcho(hop=False))
+        aio_hop = stack.enter_context(AioEcho(hop=True))
+        variants: dict[str, Any] = {}
+        same: dict[str, bool] = {}
+        for key, server in servers.items():
+            client = stack.enter_context(gw.connect(server.address))
+            raw = _raw_compute(server.address, graph, params, batch)
+            same[key] = client.value_and_grad(graph, params, batch)[0] == ref_loss  # registers the graph
+            same[key] = same[key] and raw()[0] == ref_loss
+            variants[key] = (lambda c=client: c.value_and_grad(graph, params, batch))
+            variants[f"{key}_raw"] = raw
+        client = stack.enter_context(gw.connect(servers["after"].address))
+        before = client.bytes_sent
+        client.value_and_grad(graph, params, batch)
+        payload = bytes(client.bytes_sent - before)
+        assert len(bare.echo(payload)) == len(payload) == len(aio_hop.echo(payload)) == len(aio_inline.echo(payload))
+        variants.update({"echo": lambda: bare.echo(payload), "aio_echo": lambda: aio_inline.echo(payload),
+                         "aio_hop": lambda: aio_hop.echo(payload)})
+        cfg.log(f"[aio_latency] seed graph, {calls} calls per variant interleaved ({len(variants)} variants), "
+                f"every server in its own process; request {len(payload)} B; trees: "
+                + "; ".join(f"{k} {servers[k].module}" for k in servers))
+        samples = timed(variants, repeats=calls, warmup=max(10, cfg.warmup))
+
+    stats = {k: summarize(v) for k, v in samples.items()}
+    echo = stats["echo"]
+    gate = not cfg.quick
+
+    def p(name: str) -> str:
+        return f"p50 {stats[name]['p50_ms']:.3f} ms, p99 {stats[name]['p99_ms']:.3f} ms"
+
+    def vs_echo(name: str) -> float:
+        return stats[name]["p50_ms"] / echo["p50_ms"]
+
+    def extra_ms(name: str, base: str = "echo") -> float:
+        return stats[name]["p50_ms"] - stats[base]["p50_ms"]
+
+    prefix = "aio_latency/"
+    rows = [row(prefix + "grpc echo (bare sync server, own process)", stats=echo, ratio=1.0,
+                notes=f"baseline; {p('echo')}; unary bytes echo of {len(payload)} B", payload_bytes=len(payload),
+                samples_ms=ms_list(samples["echo"]))]
+    rows.append(row(prefix + "floor: grpc.aio echo, inline", stats=stats["aio_echo"], ratio=vs_echo("aio_echo"),
+                    notes=f"info: a bare grpc.aio server, no gradwire code; {p('aio_echo')}; "
+                          f"{extra_ms('aio_echo') * 1e3:+.0f} us vs the sync echo",
+                    samples_ms=ms_list(samples["aio_echo"])))
+    rows.append(row(prefix + "floor: grpc.aio echo through loop -> thread pool -> loop", stats=stats["aio_hop"],
+                    ratio=vs_echo("aio_hop"),
+                    notes=f"info: the hop every gradwire compute takes (run_in_executor), no gradwire code; "
+                          f"{p('aio_hop')}; the hop costs {extra_ms('aio_hop', 'aio_echo') * 1e3:+.0f} us, aio with "
+                          f"the hop {extra_ms('aio_hop') * 1e3:+.0f} us vs the sync echo",
+                    samples_ms=ms_list(samples["aio_hop"])))
+    for key in trees:
+        for kind, name in (("SDK", key), ("bare stub", f"{key}_raw")):
+            judged = key == "after" and kind == "SDK"
+            r = vs_echo(name)
+            notes = (f"p50 ratio vs the echo; {p(name)}; paired {paired_ratio(samples[name], samples['echo']):.2f}; "
+                     f"{extra_ms(name) * 1e3:+.0f} us vs the echo; loss==local {same[key]}")
+            if not judged:
+                notes = "info: " + notes
+            rows.append(row(f"{prefix}gradwire {labels[key]}, {kind}", stats=stats[name], ratio=r,
+                            target=AIO_LATENCY_TARGET if judged else None,
+                            passed=(r <= AIO_LATENCY_TARGET if gate else None) if judged else None,
+                            notes=notes, server_module=servers[key].module, samples_ms=ms_list(samples[name])))
+    for key in ("before", "candidate"):
+        if key not in trees:
+            continue
+        for kind, suffix in (("SDK", ""), ("bare stub", "_raw")):
+            a, b = f"after{suffix}", f"{key}{suffix}"
+            r = stats[a]["p50_ms"] / stats[b]["p50_ms"]
+            judged = key == "before"
+            rows.append(row(f"{prefix}after / {key}, {kind} p50", ratio=r,
+                            target=REGRESSION_TARGET if judged else None,
+                            passed=(r <= REGRESSION_TARGET if gate else None) if judged else None,
+                            notes=("no regression (5% allowed for noise); " if judged else "info: ")
+                                  + f"after {stats[a]['p50_ms']:.3f} ms, {key} {stats[b]['p50_ms']:.3f} ms "
+                                    f"({(stats[a]['p50_ms'] - stats[b]['p50_ms']) * 1e3:+.0f} us); paired "
+                                    f"{paired_ratio(samples[a], samples[b]):.3f}"))
+    if "before" not in trees:
+        rows.append(row(prefix + "after / before", passed=None,
+                        notes=f"skipped: set {BASELINE_ENV}=<checkout of the threaded server, e.g. f6c3f68>"))
+    return rows
+
+
+# ---------------------------------------------------------------- stalled_streams (issue 2)
+
+STALLED_LEVELS = (16, 64, 256, 1024)
+STALLED_QUICK_LEVELS = (16,)
+STALLED_JUDGED = 256
+STALLED_P99_MS = 1000.0
+STALLED_CHECKS = 300  # health checks per level (split over the blocks)
+STALLED_BLOCKS = 3
+HEALTH_TIMEOUT = 5.0
+
+
+class _StalledStreams:
+    """An event loop in a thread of its own that holds ``n`` CreateSession streams open, each
+    having sent a header naming the seed graph and nothing more."""
+
+    def __init__(self, address: str):
+        import asyncio
+
+        self.address = address
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bench-stalled", daemon=True)
+        self.thread.start()
+        self.channel = None
+        self.calls: list = []
+
+    def _on(self, coroutine, timeout: float = 120):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def open(self, n: int, header) -> float:
+        """Open ``n`` streams; the seconds it took."""
+        t0 = time.perf_counter()
+        self._on(self._open(n, header))
+        return time.perf_counter() - t0
+
+    async def _open(self, n: int, header) -> None:
+        import grpc.aio
+
+        from gradwire.protos import gradwire_pb2_grpc as pb_grpc
+
+        if self.channel is None:
+            self.channel = grpc.aio.insecure_channel(self.address)
+        stub = pb_grpc.GradwireStub(self.channel)
+        for _ in range(n):
+            call = stub.CreateSession()
+            await call.write(header)
+            self.calls.append(call)
+
+    def still_open(self) -> int:
+        return sum(not call.done() for call in self.calls)
+
+    def close_all(self) -> None:
+        async def close():
+            for call in self.calls:
+                call.cancel()
+            self.calls = []
+        self._on(close())
+
+    def stop(self) -> None:
+        async def shut():
+            if self.channel is not None:
+                await self.channel.close()
+        with contextlib.suppress(Exception):
+            self.close_all()
+            self._on(shut(), timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@workload("stalled_streams")
+def stalled_streams(cfg: Config) -> list[Row]:
+    """Health-check latency while N CreateSession streams sent a header and stalled."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from gradwire.bench.workloads_service import ms_list, scaled_repeats, seed_graph
+    from gradwire.protos import gradwire_pb2 as pb
+    from gradwire.worker.codec import graph_to_proto
+
+    levels = (0, *(STALLED_QUICK_LEVELS if cfg.quick else STALLED_LEVELS))
+    blocks = 1 if cfg.quick else STALLED_BLOCKS
+    per_block = max(5, scaled_repeats(cfg, "stalled_streams", STALLED_CHECKS) // blocks)
+    graph, _, _ = seed_graph()
+    header = pb.SessionRequest(header=pb.SessionHeader(graph=graph_to_proto(graph.graph_def)))
+    samples: dict[int, list[float]] = {n: [] for n in levels}
+    unanswered = {n: 0 for n in levels}
+    open_at_end: dict[int, list[int]] = {n: [] for n in levels}
+    open_s: dict[int, list[float]] = {n: [] for n in levels}
+    request = health_pb2.HealthCheckRequest()
+    # streams must outlive the measurement: an idle timeout far beyond it
+    with tree_server(idle_timeout=3600) as server, grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        streams = _StalledStreams(server.address)
+        try:
+            for _ in range(20):  # warm-up: connection, first calls
+                health.Check(request, timeout=HEALTH_TIMEOUT)
+            orders = round_orders([str(n) for n in levels], blocks)
+            cfg.log(f"[stalled_streams] levels {levels}, {blocks} blocks x {per_block} health checks per level, "
+                    f"level order per block {[list(map(int, o)) for o in orders]}; server {server.module}")
+            for order in orders:
+                for n in map(int, order):
+                    open_s[n].append(streams.open(n, header))
+                    time.sleep(0.3)  # the server takes them all in
+                    for _ in range(per_block):
+                        t0 = time.perf_counter()
+                        try:
+                            ok = health.Check(request, timeout=HEALTH_TIMEOUT).status == \
+                                health_pb2.HealthCheckResponse.SERVING
+                        except grpc.RpcError:
+                            ok = False
+                        samples[n].append(time.perf_counter() - t0)
+                        unanswered[n] += not ok
+                    open_at_end[n].append(streams.still_open())
+                    streams.close_all()
+                    time.sleep(0.2)  # cancellations reach the server
+        finally:
+            streams.stop()
+
+    stats = {n: summarize(v) for n, v in samples.items()}
+    base = stats[0]
+    rows = []
+    for n in levels:
+        s = stats[n]
+        checks = len(samples[n])
+        judged = n == STALLED_JUDGED
+        ok = unanswered[n] == 0 and s["p99_ms"] < STALLED_P99_MS and min(open_at_end[n]) == n
+        notes = (f"health p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, max {s['max_ms']:.1f} ms; "
+                 f"{checks - unanswered[n]}/{checks} answered")
+        if n:
+            notes += (f"; ratio = p50 vs 0 streams (p99 {s['p99_ms'] / base['p99_ms']:.2f}x); streams still open "
+                      f"at the end {min(open_at_end[n])}/{n}; opening them took {median(open_s[n]) * 1e3:.0f} ms")
+        else:
+            notes = "baseline; " + notes
+        rows.append(row(f"stalled_streams/health with {n} stalled CreateSession streams", stats=s,
+                        ratio=s["p50_ms"] / base["p50_ms"],
+                        target=f"all answered, p99 < {STALLED_P99_MS:g} ms" if judged else None,
+                        passed=(ok if not cfg.quick else None) if judged else None,
+                        notes=notes if judged or not n else "info: " + notes,
+                        streams=n, p99_ms=s["p99_ms"], answered=checks - unanswered[n], checks=checks,
+                        open_at_end=min(open_at_end[n]), samples_ms=ms_list(samples[n])))
+    return rows
+
+
+# ---------------------------------------------------------------- deadline_idle (issue 3)
+
+DEADLINE_SHAPE = (24, 1024, 4096)  # layers, width, batch rows: as tests/test_server_answers.py's heavy request
+DEADLINE_QUICK_SHAPE = (8, 512, 1024)
+DEADLINE_S = 1.5
+DEADLINE_QUICK_S = 0.3
+DEADLINE_TRIALS = 5
+IDLE_WINDOW_S = 0.05
+IDLE_FRACTION = 0.10  # of one core
+SAMPLE_S = 0.01
+AFTER_S = 3.0  # sampling after the deadline
+IDLE_BUDGET_MS = 100.0  # target: idle within this plus one node's time
+
+
+def _heavy_request(layers: int, width: int, n: int):
+    """A deep tanh MLP (``layers`` nodes of ``n x width @ width x width``) as one Compute request."""
+    import gradwire as gw
+    from gradwire.protos import gradwire_pb2 as pb
+    from gradwire.worker.codec import graph_to_proto, tensor_chunks
+
+    def whole(name, array):
+        return next(tensor_chunks(name, np.asarray(array), 1 << 30))
+
+    g = gw.Graph()
+    h = g.input("x", (None, width))
+    rng = np.random.default_rng(0)
+    params = {}
+    for i in range(layers):
+        params[f"w{i}"] = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        h = gw.tanh(h @ g.param(f"w{i}", (width, width)))
+    g.set_loss(gw.mean(h * h))
+    x = rng.standard_normal((n, width)).astype(np.float32)
+    request = pb.ComputeRequest(header=pb.ComputeHeader(graph=graph_to_proto(g.graph_def)),
+                                params=[whole(k, v) for k, v in params.items()], batch=[whole("x", x)])
+    return request, params["w0"], x
+
+
+def _node_times(w: np.ndarray, x: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Median seconds of one forward node (tanh(x @ w)) and of one layer's backward
+    (the tanh VJP and both matmul VJPs), in this process with its default BLAS threads."""
+    fwd, bwd = [], []
+    h = np.tanh(x @ w)
+    g = np.ones_like(h)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = np.tanh(x @ w)
+        fwd.append(time.perf_counter() - t0)
+        del out
+        t0 = time.perf_counter()
+        gz = g * (1 - h * h)
+        gx, gw_ = gz @ w.T, x.T @ gz
+        bwd.append(time.perf_counter() - t0)
+        del gz, gx, gw_
+    return median(fwd), median(bwd)
+
+
+def _cpu_readers(pid: int):
+    """(utime+stime seconds of the process from /proc/PID/stat, ns-precise runtime of all its
+    threads from /proc/PID/task/*/schedstat in seconds)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat() -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+        fields = text[text.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    def schedstat() -> float:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        return total / 1e9
+
+    return stat, schedstat
+
+
+class _Sampler:
+    """(monotonic time, stat CPU, schedstat CPU) of a process every ``interval`` seconds, in a thread."""
+
+    def __init__(self, pid: int, interval: float = SAMPLE_S):
+        self.stat, self.schedstat = _cpu_readers(pid)
+        self.interval, self.samples = interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-cpu-sampler", daemon=True)
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):
+                self.samples.append((time.monotonic(), self.stat(), self.schedstat()))
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> "_Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _idle_after(samples: list[tuple[float, float, float]], start: float, column: int) -> float | None:
+    """Seconds from ``start`` to the first sample at or after it that opens a window of at
+    least ``IDLE_WINDOW_S`` whose CPU use is below ``IDLE_FRACTION`` of a core."""
+    for i, (t, *cpu) in enumerate(samples):
+        if t < start:
+            continue
+        for t2, *cpu2 in samples[i + 1:]:
+            if t2 - t >= IDLE_WINDOW_S - 1e-4:
+                if (cpu2[column] - cpu[column]) / (t2 - t) < IDLE_FRACTION:
+                    return t - start
+                break
+    return None
+
+
+def _busy(samples: list[tuple[float, float, float]], t0: float, t1: float, column: int = 1) -> float:
+    """Cores used between ``t0`` and ``t1`` (the samples nearest inside)."""
+    inside = [s for s in samples if t0 <= s[0] <= t1]
+    if len(inside) < 2:
+        return float("nan")
+    return (inside[-1][column + 1] - inside[0][column + 1]) / (inside[-1][0] - inside[0][0])
+
+
+def _wait_idle(stat, limit: float = 30.0) -> None:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        c0, t0 = stat(), time.monotonic()
+        time.sleep(0.2)
+        if (stat() - c0) / (time.monotonic() - t0) < IDLE_FRACTION:
+            return
+
+
+@workload("deadline_idle")
+def deadline_idle(cfg: Config) -> list[Row]:
+    """A long computation with a short deadline: time from the deadline to an idle server CPU."""
+    import grpc
+
+    from gradwire.bench.workloads_service import scaled_repeats
+
+    if not os.path.exists("/proc/self/stat"):
+        return [row("deadline_idle/skipped", passed=None, notes="needs Linux /proc")]
+    layers, width, n = DEADLINE_QUICK_SHAPE if cfg.quick else DEADLINE_SHAPE
+    deadline_s = DEADLINE_QUICK_S if cfg.quick else DEADLINE_S
+    trials = scaled_repeats(cfg, "deadline_idle", DEADLINE_TRIALS, floor=1)
+    request, w, x = _heavy_request(layers, width, n)
+    request_mib = request.ByteSize() / 2**20
+    limit = 1 << 30
+    results: list[dict[str, Any]] = []
+    with tree_server(max_concurrent=1, max_message_bytes=limit) as server, \
+            grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", limit),
+                                                           ("grpc.max_receive_message_length", limit)]) as channel:
+        # the request's bytes are made once: serializing 100 MiB in the call would hold this
+        # process's GIL, and with it the CPU sampler, for tens of milliseconds
+        compute = channel.unary_unary("/gradwire.v1.Gradwire/Compute")
+        payload = request.SerializeToString()
+        del request
+        stat, _ = _cpu_readers(server.pid)
+        fwd_s, bwd_s = _node_times(w, x, repeats=3 if cfg.quick else 10)  # the server is idle meanwhile
+        cfg.log(f"[deadline_idle] {layers} layers of {n}x{width} @ {width}x{width}, request {request_mib:.0f} MiB, "
+                f"deadline {deadline_s:g} s, {trials} trials; one node {fwd_s * 1e3:.0f} ms forward, "
+                f"{bwd_s * 1e3:.0f} ms backward; server pid {server.pid} ({server.module})")
+        for _ in range(trials):
+            _wait_idle(stat)
+            with _Sampler(server.pid) as sampler:
+                time.sleep(0.05)
+                started = time.monotonic()
+                try:
+                    compute(payload, timeout=deadline_s)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as exc:
+                    code = exc.code()
+                answered = time.monotonic()
+                deadline = started + deadline_s
+                time.sleep(max(0.0, deadline + AFTER_S - time.monotonic()))
+            samples = sampler.samples
+            results.append({
+                "code": code.name, "answered_after_deadline_ms": (answered - deadline) * 1e3,
+                "idle_s": _idle_after(samples, deadline, 0), "idle_schedstat_s": _idle_after(samples, deadline, 1),
+                "busy_before": _busy(samples, deadline - 0.2, deadline),
+                "busy_after_1s": _busy(samples, deadline + 1.0, deadline + AFTER_S),
+                "sample_gap_ms": 1e3 * max((b[0] - a[0] for a, b in zip(samples, samples[1:]) if b[0] >= deadline),
+                                           default=0.0),  # the longest after the deadline
+            })
+            cfg.log(f"[deadline_idle] trial: {results[-1]}")
+
+    node_ms = fwd_s * 1e3
+    bound_ms = IDLE_BUDGET_MS + node_ms
+    idle = [r["idle_s"] if r["idle_s"] is not None else AFTER_S for r in results]
+    idle_precise = [r["idle_schedstat_s"] if r["idle_schedstat_s"] is not None else AFTER_S for r in results]
+    stats = summarize(idle)
+    worst = max(idle) * 1e3
+    codes = sorted({r["code"] for r in results})
+    all_deadline = codes == ["DEADLINE_EXCEEDED"]
+    was_busy = min(r["busy_before"] for r in results)
+    ratio = worst / bound_ms
+    rows = [
+        row("deadline_idle/one node: tanh(x @ w)", stats=summarize([fwd_s]), ratio=None,
+            notes=f"info: {n}x{width} @ {width}x{width} float32 in the bench process, median of the repeats; one "
+                  f"layer's backward (tanh VJP and both matmul VJPs, checked for cancellation as one step each) "
+                  f"{bwd_s * 1e3:.1f} ms", node_ms=node_ms, backward_layer_ms=bwd_s * 1e3),
+        row("deadline_idle/deadline -> server CPU idle", stats=stats, ratio=ratio,
+            target=f"<= {IDLE_BUDGET_MS:g} ms + one node = {bound_ms:.0f} ms",
+            passed=(ratio <= 1.0 and all_deadline) if not cfg.quick else None,
+            notes=f"ratio = slowest of {len(idle)} trials / the bound; idle = first {IDLE_WINDOW_S * 1e3:.0f} ms "
+                  f"window under {IDLE_FRACTION:.0%} of a core (/proc/PID/stat, {SAMPLE_S * 1e3:.0f} ms samples, "
+                  f"{1e3 / os.sysconf('SC_CLK_TCK'):.0f} ms ticks): {', '.join(f'{v * 1e3:.0f}' for v in idle)} ms; "
+                  f"by schedstat (ns): {', '.join(f'{v * 1e3:.0f}' for v in idle_precise)} ms; server busy "
+                  f">= {was_busy:.2f} cores in the 200 ms before each deadline; {'/'.join(codes)} "
+                  f"{median([r['answered_after_deadline_ms'] for r in results]):+.0f} ms from the deadline; "
+                  f"{max(r['busy_after_1s'] for r in results):.3f} cores 1-{AFTER_S:g} s after",
+            node_ms=node_ms, bound_ms=bound_ms, worst_ms=worst, trials=results, request_mib=request_mib),
+    ]
+    return rows
+
+
+__all__ = ["AioEcho", "TreeServer", "tree_server"]
