@@ -1,0 +1,228 @@
+"""Admission estimates (worker/budget.py): memory and FLOPs known, and refused, before a run
+allocates anything; the memory estimate bounds what a run really holds."""
+
+from __future__ import annotations
+
+import re
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import gradwire as gw
+from gradwire.worker.budget import Budget, check, estimate, fmt_bytes, static_estimate
+from gradwire.worker.engine import Program
+from gradwire.worker.graph import GraphDef, Node
+from gradwire.worker.spec import TensorSpec
+from gradwire.worker.validate import LimitError
+
+F64 = np.dtype("float64")
+GiB = 1 << 30
+
+
+def _traced(fn):
+    """``fn()`` and the peak bytes Python and NumPy allocated while it ran."""
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+# ---------------------------------------------------------------- hostile requests, refused before they allocate
+
+
+def _concat_doublings(n=31) -> GraphDef:
+    """An 836-byte request: a scalar doubled 31 times by concat, 2**31 float64 (16 GiB) at the end."""
+    nodes, prev = [Node("r", "reshape", ("p",), {"shape": [1]})], "r"
+    for i in range(n):
+        nodes.append(Node(f"c{i}", "concat", (prev, prev)))
+        prev = f"c{i}"
+    nodes.append(Node("l", "sum", (prev,)))
+    return GraphDef(params={"p": TensorSpec((), F64)}, nodes=nodes, loss="l")
+
+
+def test_concat_doublings_are_refused_without_allocating():
+    def admit():
+        program = Program(_concat_doublings())
+        return estimate(program, program.bind({"p": np.zeros(())}, {}))
+
+    budget, allocated = _traced(admit)
+    assert allocated < 20 << 20  # metadata only: nothing near the 16 GiB the run would need
+    assert budget.peak_bytes >= 2**34 + 2**33  # c30's output, and its input still live
+    assert (budget.peak_node, budget.peak_op) == ("c30", "concat")
+    with pytest.raises(LimitError, match=r"^request needs an estimated [\d.]+ GB of memory at its peak "
+                                         r"\(backward of node 'c30', op 'concat'\); the limit is 6\.0 GB$") as info:
+        check(budget, max_bytes=6 * 10**9)
+    assert (info.value.node, info.value.op) == ("c30", "concat")
+
+
+def test_a_broadcast_then_exp_is_refused_without_allocating():
+    """104 bytes on the wire, 2 GB when run: exp(broadcast_to(p, [2**14, 2**14]))."""
+    g = gw.Graph()
+    p = g.param("p", ())
+    g.set_loss(gw.sum(gw.exp(gw.broadcast_to(p, shape=[2**14, 2**14]), name="e")))
+
+    def admit():
+        program = Program(g.graph_def)
+        return estimate(program, program.bind({"p": np.zeros((), np.float32)}, {}))
+
+    budget, allocated = _traced(admit)
+    assert allocated < 20 << 20
+    assert budget.peak_bytes >= 2 * 2**30  # the broadcast (counted whole) and exp's output
+    with pytest.raises(LimitError, match=r"request needs an estimated [\d.]+ GB of memory at its peak "
+                                         r"\((backward of )?node 'e', op 'exp'\); the limit is 1\.1 GB"):
+        check(budget, max_bytes=GiB)
+
+
+def test_flops_over_the_limit():
+    g = gw.Graph()
+    a, b = g.param("a", (1000, 1000), "float64"), g.param("b", (1000, 1000), "float64")
+    g.set_loss(gw.sum(a @ b))
+    program = Program(g.graph_def)
+    budget = estimate(program, wrt=())
+    with pytest.raises(LimitError, match=re.escape("request needs an estimated 2e+09 floating-point operations; "
+                                                   "the limit is 1e+09")):
+        check(budget, max_bytes=GiB, max_flops=1e9)
+    assert check(budget, max_bytes=GiB, max_flops=1e10) is budget
+    assert check(budget) is budget  # no limits
+
+
+def test_fmt_bytes():
+    assert [fmt_bytes(n) for n in (999, 17_179_869_184, 6 * 10**9, 2**50)] == ["999 B", "17.2 GB", "6.0 GB", "1.1 PB"]
+
+
+# ---------------------------------------------------------------- FLOPs
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((30, 40), (40, 50)), ((7, 30, 40), (40, 50)), ((7, 30, 40), (7, 40, 50))])
+def test_matmul_flops_are_2mnk_with_batch_dims(a_shape, b_shape):
+    g = gw.Graph()
+    a, b = g.param("a", a_shape, "float64"), g.param("b", b_shape, "float64")
+    g.set_loss(gw.sum(a @ b))
+    program = Program(g.graph_def)
+    batch = a_shape[0] if len(a_shape) == 3 else 1
+    m, k, n = a_shape[-2], a_shape[-1], b_shape[-1]
+    forward = 2 * batch * m * n * k + batch * m * n  # the matmul, then the sum reads its output
+    assert estimate(program, wrt=()).flops == forward  # no backward pass
+    assert estimate(program).flops == 3 * forward  # the backward pass counts twice the forward
+
+
+# ---------------------------------------------------------------- the estimate against real runs
+
+
+def _mlp(n=4096, d=64, h=512, classes=10, layers=2, act=gw.relu):
+    g = gw.Graph()
+    x, y = g.input("x", (None, d), "float64"), g.input("y", (None,), "int64")
+    rng = np.random.default_rng(0)
+    params, hidden, dims = {}, x, [d] + [h] * layers
+    for i in range(layers):
+        w, b = g.param(f"W{i}", (dims[i], dims[i + 1]), "float64"), g.param(f"b{i}", (dims[i + 1],), "float64")
+        params[f"W{i}"], params[f"b{i}"] = rng.normal(size=(dims[i], dims[i + 1])) / 10, np.zeros(dims[i + 1])
+        hidden = act(hidden @ w + b)
+    wo = g.param("Wo", (h, classes), "float64")
+    params["Wo"] = rng.normal(size=(h, classes)) / 10
+    g.set_loss(gw.softmax_cross_entropy(hidden @ wo, y))
+    return Program(g.graph_def), params, {"x": rng.normal(size=(n, d)), "y": rng.integers(0, classes, n)}
+
+
+def _measured_peak(program, params, batch, **kw) -> int:
+    """What a run holds at its peak: its own allocations (traced) plus the sources it is given."""
+    program.run(params, batch, **kw)  # warm: schedules and caches are not the run's
+    _, peak = _traced(lambda: program.run(params, batch, **kw))
+    return peak + sum(a.nbytes for a in params.values()) + sum(a.nbytes for a in batch.values())
+
+
+@pytest.mark.parametrize("act", [gw.relu, gw.tanh, gw.sigmoid])
+def test_an_mlp_estimate_is_within_3x_above_its_measured_peak(act):
+    program, params, batch = _mlp(act=act)
+    budget = estimate(program, program.bind(params, batch))
+    measured = _measured_peak(program, params, batch)
+    assert measured <= budget.peak_bytes <= 3 * measured, (budget, measured)
+
+
+N = 400
+_rng = np.random.default_rng(1)
+X, Y, POS = _rng.normal(size=(N, N)) / 4, _rng.normal(size=(N, N)), _rng.uniform(0.5, 2.0, (N, N))
+BOUND_CASES = {
+    "sigmoid": (lambda v: gw.sigmoid(v["x"]), {"x": X}),
+    "exp": (lambda v: gw.exp(v["x"]), {"x": X}),
+    "div": (lambda v: gw.div(v["x"], v["y"]), {"x": X, "y": POS}),
+    "maximum": (lambda v: gw.maximum(v["x"], v["y"]), {"x": X, "y": Y}),
+    "broadcasting-add": (lambda v: gw.add(v["x"], v["y"]), {"x": X[:, :1].copy(), "y": Y[:1].copy()}),
+    "x*x": (lambda v: v["x"] * v["x"], {"x": X}),
+    "matmul": (lambda v: v["x"] @ v["y"], {"x": X, "y": Y}),
+    "max": (lambda v: gw.max(v["x"], axis=1), {"x": X}),
+    "softmax": (lambda v: gw.softmax(v["x"]), {"x": X}),
+    "bce": (lambda v: gw.binary_cross_entropy_with_logits(v["x"], v["y"]), {"x": X, "y": POS / 2}),
+    "concat": (lambda v: gw.tanh(gw.concat(v["x"], v["y"], axis=1)), {"x": X, "y": Y}),
+    "slice-of-exp": (lambda v: gw.slice(gw.exp(v["x"]), starts=[0], ends=[1]), {"x": X}),
+    "broadcast_to": (lambda v: gw.exp(gw.broadcast_to(v["x"], shape=[N, N])), {"x": X[:1].copy()}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOUND_CASES))
+def test_the_estimate_bounds_the_measured_peak(case):
+    build, arrays = BOUND_CASES[case]
+    g = gw.Graph()
+    out = build({k: g.param(k, a.shape, "float64") for k, a in arrays.items()})
+    g.set_loss(out if out.spec.shape == () else gw.sum(out))
+    program = Program(g.graph_def)
+    budget = estimate(program, program.bind(arrays, {}))
+    assert budget.peak_bytes >= _measured_peak(program, arrays, {}), budget
+
+
+def test_fetched_outputs_and_differentiated_inputs_are_counted():
+    program, params, batch = _mlp(n=1024)
+    specs = program.bind(params, batch)
+    plain = estimate(program, specs)
+    name = program.order[0].name  # the first hidden layer's matmul: (1024, 512) float64
+    fetched = estimate(program, specs, fetch=(name,))
+    assert fetched.peak_bytes >= plain.peak_bytes + 1024 * 512 * 8
+    assert estimate(program, specs, wrt=(*params, "x")).peak_bytes >= plain.peak_bytes
+    assert _measured_peak(program, params, batch, fetch=(name,), wrt=(*params, "x")) <= estimate(
+        program, specs, wrt=(*params, "x"), fetch=(name,)).peak_bytes
+
+
+def test_the_sources_are_live_from_the_start():
+    g = gw.Graph()
+    g.param("big", (1000, 1000), "float64")  # held by the caller all along, read by no node
+    g.set_loss(gw.sum(g.param("s", (3,), "float64")))
+    program = Program(g.graph_def)
+    assert estimate(program, wrt=("s",)).peak_bytes >= 8 * 10**6
+    assert estimate(program).peak_bytes >= 2 * 8 * 10**6  # and its (zero) gradient is returned
+
+
+# ---------------------------------------------------------------- registration and caching
+
+
+def test_static_estimate_at_registration():
+    g = gw.Graph()
+    a, b = g.param("a", (30, 40), "float64"), g.param("b", (40, 50), "float64")
+    g.set_loss(gw.sum(a @ b))
+    program = Program(g.graph_def)
+    arrays = {"a": np.zeros((30, 40)), "b": np.zeros((40, 50))}
+    assert static_estimate(program) == estimate(program, program.bind(arrays, {}))
+    batched, _, _ = _mlp(n=8)
+    assert static_estimate(batched) is None  # the batch size is not known yet
+
+
+def test_estimates_are_cached_per_specs_and_bounded():
+    program, params, batch = _mlp(n=64, h=32)
+    specs = program.bind(params, batch)
+    first = estimate(program, specs)
+    assert estimate(program, specs) is first  # a repeated request: one lookup
+    assert estimate(program, program.bind(params, batch)) is first  # bind hands back the same specs
+    smaller = program.bind(params, {"x": batch["x"][:32], "y": batch["y"][:32]})
+    assert estimate(program, smaller).peak_bytes < first.peak_bytes
+    for n in range(1, 40):
+        estimate(program, program.bind(params, {"x": batch["x"][:n], "y": batch["y"][:n]}))
+    assert len(program._budgets) <= 16
+
+
+def test_budget_is_plain_data():
+    b = Budget(10, 2.0, "n", "add", "forward")
+    assert b.where == "node 'n', op 'add'"
+    assert Budget(10, 2.0, "n", "add", "backward").where == "backward of node 'n', op 'add'"
+    assert Budget(10, 2.0, peak_phase="sources").where == "its inputs and parameters"

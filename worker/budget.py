@@ -1,0 +1,170 @@
+"""Admission estimates: a run's peak memory and floating-point work, from metadata alone.
+
+``estimate(program, specs, wrt, fetch)`` replays, on the concrete specs ``Program.bind``
+returns, the very schedule ``Program.run`` follows (its steps and their ``frees`` lists), so
+it sees what a run will hold at every step without allocating anything. ``check`` refuses a
+budget over the limits with a ``LimitError`` naming the figure, where it peaks and the limit.
+
+The memory model is an upper bound, not a measurement (every buffer the size of its spec):
+
+* the sources (parameters, batch inputs, constants) are live throughout: the caller holds them;
+* forward step: the live values + the step's output + a workspace of ``WORKSPACE`` buffers as
+  large as its largest operand (the temporaries of a kernel: sigmoid's VJP holds two, the
+  logistic loss three). The output then joins the live values and the step's ``frees`` leave
+  them. Outputs that are views (reshape, transpose, broadcast_to) count as buffers of their
+  own, a broadcast at its full size: over-counted, never under (``slice`` copies, so a small
+  slice never keeps a large value alive unseen);
+* fetched outputs are copied once the forward pass is done, and stay;
+* backward step: the live values + one gradient buffer per value with a pending gradient (its
+  value's size) + the step's transients: each gradient it makes (for a broadcasting op also
+  one of the output's size, before ``unbroadcast``), one more where it accumulates into an
+  existing gradient, and the workspace. Then its output's gradient is dropped, the new ones
+  join, saved values it read last leave;
+* at the end the returned gradients may be copies (``engine._own``): + their sizes.
+
+FLOPs: each forward node counts ``Op.flops`` (default: one per element of its largest
+operand, input or output; matmul 2·M·N·K with batch dims), each node the backward pass visits
+``BACKWARD_FLOPS`` times that. Sizes are Python ints (no overflow).
+
+Estimates are cached on the program per (specs object, wrt, fetch): ``bind`` hands back the
+same specs object for shapes it has seen, so a repeated small request costs a dict lookup.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gradwire.worker.engine import Program, _remember
+from gradwire.worker.ops import Op
+from gradwire.worker.spec import TensorSpec, num_elements
+from gradwire.worker.validate import LimitError
+
+WORKSPACE = 3  # operand-sized temporaries a kernel or VJP may hold besides its result
+BACKWARD_FLOPS = 2  # a VJP costs about twice its forward: one product per input
+
+
+@dataclass(frozen=True)
+class Budget:
+    peak_bytes: int
+    flops: float
+    peak_node: str | None = None  # the node whose step reaches the peak
+    peak_op: str | None = None
+    peak_phase: str = "forward"  # "sources", "forward", "backward" or "results"
+
+    @property
+    def where(self) -> str:
+        if self.peak_phase == "sources":
+            return "its inputs and parameters"
+        if self.peak_phase == "results":
+            return "returning the gradients"
+        prefix = "backward of " if self.peak_phase == "backward" else ""
+        return f"{prefix}node {self.peak_node!r}, op {self.peak_op!r}"
+
+
+def estimate(program: Program, specs: dict[str, TensorSpec] | None = None,
+             wrt: tuple[str, ...] | None = None, fetch: tuple[str, ...] = ()) -> Budget:
+    """The budget of ``program.run(params, batch, wrt=wrt, fetch=fetch)`` where ``specs`` is
+    ``program.bind(params, batch)`` (default: the program's own specs, whose unknown dims
+    count as 1; see ``static_estimate``). ``wrt`` and ``fetch`` default as in ``run``."""
+    specs = program.specs if specs is None else specs
+    wrt = tuple(program.graph.params) if wrt is None else tuple(wrt)
+    fetch = tuple(fetch) or program.graph.outputs
+    key = (id(specs), wrt, fetch)
+    hit = program._budgets.get(key)
+    if hit is not None and hit[0] is specs:  # the specs object is held by the entry: its id is not reused
+        return hit[1]
+    budget = _estimate(program, specs, wrt, fetch)
+    _remember(program._budgets, key, (specs, budget), capacity=16)
+    return budget
+
+
+def static_estimate(program: Program, wrt: tuple[str, ...] | None = None,
+                    fetch: tuple[str, ...] = ()) -> Budget | None:
+    """The budget at registration, when every shape is known already; else ``None``."""
+    if not all(spec.is_static for spec in program.specs.values()):
+        return None
+    return estimate(program, None, wrt, fetch)
+
+
+def check(budget: Budget, max_bytes: int | None = None, max_flops: float | None = None) -> Budget:
+    """``budget`` if within the limits (``None``: no limit), else ``LimitError``."""
+    if max_bytes is not None and budget.peak_bytes > max_bytes:
+        error = LimitError(f"request needs an estimated {fmt_bytes(budget.peak_bytes)} of memory at its peak "
+                           f"({budget.where}); the limit is {fmt_bytes(max_bytes)}")
+        error.node, error.op = budget.peak_node, budget.peak_op
+        raise error
+    if max_flops is not None and budget.flops > max_flops:
+        raise LimitError(f"request needs an estimated {budget.flops:.3g} floating-point operations; "
+                         f"the limit is {max_flops:.3g}")
+    return budget
+
+
+def fmt_bytes(n: float) -> str:
+    """Decimal units, as the server's admission messages: 17179869184 -> '17.2 GB'."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+# ---------------------------------------------------------------- the replay
+
+
+class _Peak:
+    def __init__(self, nbytes: int):
+        self.bytes, self.node, self.op, self.phase = nbytes, None, None, "sources"
+
+    def see(self, nbytes: int, node, op, phase: str) -> None:
+        if nbytes > self.bytes:
+            self.bytes, self.node, self.op, self.phase = nbytes, node, op, phase
+
+
+def _estimate(program: Program, specs: dict[str, TensorSpec], wrt, fetch) -> Budget:
+    schedule = program._schedule(wrt, fetch)
+    plan = program.backward_plan(wrt)
+    g = program.graph
+    elements = {name: num_elements(spec.shape) for name, spec in specs.items()}
+    size = {name: n * specs[name].dtype.itemsize for name, n in elements.items()}
+    held = {*g.inputs, *g.params, *g.constants}  # the caller's: never freed by the run
+    peak = _Peak(sum(size[name] for name in held))
+    live, flops = peak.bytes, 0
+
+    for i, (name, op_name, _, inputs, attrs, frees) in enumerate(schedule.forward):
+        out = size[name]
+        peak.see(live + out + WORKSPACE * max([out, *(size[r] for r in inputs)]), name, op_name, "forward")
+        live += out - sum(size[r] for r in frees if r not in held)
+        flops += _node_flops(program.ops[i], specs, elements, name, inputs, attrs)
+
+    live += sum(size[name] for name in schedule.fetch)  # copied out of the run's values
+    grads = {g.loss: size[g.loss]}
+    live += size[g.loss]
+    for (name, inputs, _, attrs, frees), i, need in zip(schedule.backward, plan.nodes, plan.needs):
+        op, out = program.ops[i], size[name]
+        made, pending = 0, set(grads)
+        for ref, wanted in zip(inputs, need):
+            if wanted:
+                made += size[ref] * (2 if ref in pending else 1) + (out if op.broadcast else 0)
+                pending.add(ref)
+        peak.see(live + made + WORKSPACE * max([out, *(size[r] for r in inputs)]), name, op.name, "backward")
+        live -= grads.pop(name, 0)
+        for ref, wanted in zip(inputs, need):
+            if wanted and ref not in grads:
+                grads[ref] = size[ref]
+                live += size[ref]
+        live -= sum(size[r] for r in frees if r not in held)
+        flops += BACKWARD_FLOPS * _node_flops(op, specs, elements, name, inputs, attrs)
+
+    peak.see(live + sum(size[w] for w in wrt), None, None, "results")
+    return Budget(peak.bytes, _as_float(flops), peak.node, peak.op, peak.phase)
+
+
+def _node_flops(op: Op, specs, elements, name: str, inputs, attrs) -> int:
+    if op.flops is not None:
+        return op.flops(specs[name], *(specs[r] for r in inputs), **attrs)
+    return max([elements[name], *(elements[r] for r in inputs)])
+
+
+def _as_float(n: int) -> float:
+    return float(n) if n < 2**1023 else math.inf
