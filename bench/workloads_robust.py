@@ -8,8 +8,11 @@ Every server here runs in a process of its own, so client and server never share
                       against that tree's server too, in the same interleaved rounds: the
                       before/after rows; absent, they are skipped. ``GRADWIRE_BENCH_CANDIDATE_TREE``
                       adds a third tree the same way (a design change tried in a copy).
-                      Floor rows: bare grpc.aio echoes, inline and through the event loop →
-                      thread pool → event loop hop the server's compute takes, no gradwire code.
+                      Floor rows, no gradwire server code (``ChildServer``): bare grpc.aio
+                      echoes, inline and through the event loop → thread pool → event loop hop
+                      the server's compute takes; and the minimal Compute handler (lookup,
+                      read, engine, answer) on a threaded server, on grpc.aio through that
+                      hop, and on grpc.aio inline.
 * ``stalled_streams`` health-check p50/p99 while N CreateSession streams (16 ... 1024) sent
                       their header and stalled, against the same with none open.
 * ``deadline_idle``   a computation of many seconds with a short deadline: how long after
@@ -102,53 +105,89 @@ def _end(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
 
 
-class AioEcho:
-    """A bare ``grpc.aio`` server in its own process, unary bytes echo, the gradwire server's
-    channel options. ``hop=True``: the handler returns the request through
-    ``loop.run_in_executor`` on a pool of ``max_concurrent`` threads, the event loop →
-    thread → event loop round trip every gradwire compute takes; ``hop=False``: inline."""
+class ChildServer:
+    """A bare gRPC server in a process of its own (127.0.0.1, port 0, the gradwire server's
+    channel options), no gradwire server code, one of:
 
-    SERVICE = "gradwire.bench.AioBare"
+    * ``aio_echo``      grpc.aio, unary bytes echo answered inline on the event loop;
+    * ``aio_echo_hop``  the same through ``loop.run_in_executor`` on a pool of
+                        ``max_concurrent`` threads: the event loop -> thread -> event loop
+                        round trip every gradwire compute takes;
+    * ``floor_sync``    the floor's ``Compute`` handler (``workloads_service.floor_compute``:
+                        lookup, read, engine, answer) on a threaded server, as the latency
+                        workload's floor row but in its own process;
+    * ``floor_aio_hop`` that handler on grpc.aio through the same hop;
+    * ``floor_aio``     that handler on grpc.aio inline on the event loop.
 
-    def __init__(self, hop: bool, max_message_bytes: int | None = None):
+    ``echo(payload)`` for the echoes; ``address`` for an SDK client of the floors."""
+
+    ECHO_SERVICE = "gradwire.bench.AioBare"
+    KINDS = ("aio_echo", "aio_echo_hop", "floor_sync", "floor_aio_hop", "floor_aio")
+
+    def __init__(self, kind: str):
         import grpc
 
         from gradwire.server.app import channel_options
         from gradwire.server.config import ServerConfig
 
-        config = ServerConfig()
-        max_message_bytes = max_message_bytes or config.max_message_bytes
-        code = (f"from gradwire.bench.workloads_robust import AioEcho; "
-                f"AioEcho.serve({max_message_bytes}, {config.max_concurrent}, {hop})")
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        code = f"from gradwire.bench.workloads_robust import ChildServer; ChildServer.serve({kind!r})"
         self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.port = int(self._proc.stdout.readline())
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=channel_options(max_message_bytes))
-        self.echo = self.channel.unary_unary(f"/{self.SERVICE}/Echo")
+        line = self._proc.stdout.readline()
+        if not line.strip():
+            raise RuntimeError(f"the {kind} server exited with status {self._proc.wait()} before answering")
+        self.port = int(line)
+        self.address = f"127.0.0.1:{self.port}"
+        self.channel = grpc.insecure_channel(self.address, options=channel_options(ServerConfig().max_message_bytes))
+        self.echo = self.channel.unary_unary(f"/{self.ECHO_SERVICE}/Echo")
 
     @classmethod
-    def serve(cls, max_message_bytes: int, workers: int, hop: bool) -> None:
+    def serve(cls, kind: str) -> None:
+        """The child process: print the port, serve until stdin closes."""
         import asyncio
         from concurrent.futures import ThreadPoolExecutor
 
         import grpc
         import grpc.aio
 
+        from gradwire.bench.workloads_service import floor_compute, plain_server
+        from gradwire.protos import gradwire_pb2 as pb
         from gradwire.server.app import channel_options
+        from gradwire.server.config import ServerConfig
 
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="aio-hop")
+        config = ServerConfig()
+        if kind == "floor_sync":
+            server, _, port = plain_server("gradwire.v1.Gradwire", {
+                "Compute": grpc.unary_unary_rpc_method_handler(
+                    floor_compute(), request_deserializer=pb.ComputeRequest.FromString,
+                    response_serializer=pb.ComputeResponse.SerializeToString),
+            }, config.max_message_bytes, config.max_concurrent + 8)
+            print(port, flush=True)
+            sys.stdin.read()
+            server.stop(0).wait()
+            return
 
-        def same(request: bytes) -> bytes:
-            return request
+        pool = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="aio-hop")
+        hop = kind.endswith("_hop")
+        work = floor_compute() if kind.startswith("floor") else (lambda request, context: request)
 
-        async def echo(request, context):
+        async def handler(request, context):
             if hop:
-                return await asyncio.get_running_loop().run_in_executor(pool, same, request)
-            return request
+                return await asyncio.get_running_loop().run_in_executor(pool, work, request, context)
+            return work(request, context)
+
+        if kind.startswith("floor"):
+            service, method = "gradwire.v1.Gradwire", grpc.unary_unary_rpc_method_handler(
+                handler, request_deserializer=pb.ComputeRequest.FromString,
+                response_serializer=pb.ComputeResponse.SerializeToString)
+            name = "Compute"
+        else:
+            service, method, name = cls.ECHO_SERVICE, grpc.unary_unary_rpc_method_handler(handler), "Echo"
 
         async def main() -> None:
-            server = grpc.aio.server(options=channel_options(max_message_bytes))
-            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-                cls.SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+            server = grpc.aio.server(options=channel_options(config.max_message_bytes))
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {name: method}),))
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
             print(port, flush=True)
@@ -161,7 +200,7 @@ class AioEcho:
         self.channel.close()
         _end(self._proc)
 
-    def __enter__(self) -> "AioEcho":
+    def __enter__(self) -> "ChildServer":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -215,10 +254,13 @@ def aio_latency(cfg: Config) -> list[Row]:
     with contextlib.ExitStack() as stack:
         servers = {key: stack.enter_context(tree_server(tree)) for key, tree in trees.items()}
         bare = stack.enter_context(BareGrpc(own_process=True))
-        aio_inline = stack.enter_context(AioEcho(hop=False))
-        aio_hop = stack.enter_context(AioEcho(hop=True))
+        child = {kind: stack.enter_context(ChildServer(kind)) for kind in ChildServer.KINDS}
         variants: dict[str, Any] = {}
         same: dict[str, bool] = {}
+        for kind in ("floor_sync", "floor_aio_hop", "floor_aio"):
+            client = stack.enter_context(gw.connect(child[kind].address))
+            same[kind] = client.value_and_grad(graph, params, batch)[0] == ref_loss
+            variants[kind] = (lambda c=client: c.value_and_grad(graph, params, batch))
         for key, server in servers.items():
             client = stack.enter_context(gw.connect(server.address))
             raw = _raw_compute(server.address, graph, params, batch)
@@ -230,9 +272,9 @@ def aio_latency(cfg: Config) -> list[Row]:
         before = client.bytes_sent
         client.value_and_grad(graph, params, batch)
         payload = bytes(client.bytes_sent - before)
-        assert len(bare.echo(payload)) == len(payload) == len(aio_hop.echo(payload)) == len(aio_inline.echo(payload))
-        variants.update({"echo": lambda: bare.echo(payload), "aio_echo": lambda: aio_inline.echo(payload),
-                         "aio_hop": lambda: aio_hop.echo(payload)})
+        echoes = {"echo": bare.echo, "aio_echo": child["aio_echo"].echo, "aio_hop": child["aio_echo_hop"].echo}
+        assert all(len(echo(payload)) == len(payload) for echo in echoes.values())
+        variants.update({name: (lambda e=echo: e(payload)) for name, echo in echoes.items()})
         cfg.log(f"[aio_latency] seed graph, {calls} calls per variant interleaved ({len(variants)} variants), "
                 f"every server in its own process; request {len(payload)} B; trees: "
                 + "; ".join(f"{k} {servers[k].module}" for k in servers))
@@ -265,6 +307,18 @@ def aio_latency(cfg: Config) -> list[Row]:
                           f"{p('aio_hop')}; the hop costs {extra_ms('aio_hop', 'aio_echo') * 1e3:+.0f} us, aio with "
                           f"the hop {extra_ms('aio_hop') * 1e3:+.0f} us vs the sync echo",
                     samples_ms=ms_list(samples["aio_hop"])))
+    for name, label, base in (
+            ("floor_sync", "floor: SDK + the minimal Compute handler (lookup, read, engine, answer), threaded server",
+             "echo"),
+            ("floor_aio_hop", "floor: SDK + the same handler on grpc.aio through loop -> thread pool -> loop",
+             "floor_sync"),
+            ("floor_aio", "floor: SDK + the same handler on grpc.aio, inline on the event loop", "floor_sync")):
+        rows.append(row(prefix + label, stats=stats[name], ratio=vs_echo(name),
+                        notes=f"info: no gradwire server code; {p(name)}; "
+                              + (f"{extra_ms(name) * 1e3:+.0f} us vs the echo" if base == "echo" else
+                                 f"{extra_ms(name, base) * 1e3:+.0f} us vs the threaded floor")
+                              + f"; loss==local {same[name]}",
+                        samples_ms=ms_list(samples[name])))
     for key in trees:
         for kind, name in (("SDK", key), ("bare stub", f"{key}_raw")):
             judged = key == "after" and kind == "SDK"
@@ -659,4 +713,4 @@ def deadline_idle(cfg: Config) -> list[Row]:
     return rows
 
 
-__all__ = ["AioEcho", "TreeServer", "tree_server"]
+__all__ = ["ChildServer", "TreeServer", "tree_server"]

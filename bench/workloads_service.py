@@ -304,18 +304,10 @@ def ms_list(seconds: list[float]) -> list[float]:
 
 # ---------------------------------------------------------------- latency (issue 3a)
 
-@contextlib.contextmanager
-def floor_server() -> Iterator[str]:
-    """A server of the gradwire ``Compute`` method and nothing else, doing only what a
-    gradient cannot do without: look up (or build) the program, read the tensors, run the
-    engine, answer loss and gradients. No validation beyond the engine's own, limits, run
-    info, logging, concurrency slots or status mapping. The SDK talks to it unchanged, so
-    the latency of this server is the floor of the current stack (CPython, gRPC Python, the
-    NumPy engine) for a tiny request, which the real server's row can be read against."""
-    import grpc
-
+def floor_compute():
+    """The floor's ``Compute`` handler, ``compute(request, context) -> ComputeResponse``: look
+    up (or build) the program, read the tensors, run the engine, answer loss and gradients."""
     from gradwire.protos import gradwire_pb2 as pb
-    from gradwire.server.config import ServerConfig
     from gradwire.worker.codec import Assembler, graph_from_proto, graph_id_of_proto, one_message
     from gradwire.worker.engine import Program
 
@@ -336,6 +328,23 @@ def floor_server() -> Iterator[str]:
         response.summary.loss, response.summary.graph_id = result.loss, graph_id
         return response
 
+    return compute
+
+
+@contextlib.contextmanager
+def floor_server() -> Iterator[str]:
+    """A server of the gradwire ``Compute`` method and nothing else, doing only what a
+    gradient cannot do without (``floor_compute``): look up (or build) the program, read the
+    tensors, run the engine, answer loss and gradients. No validation beyond the engine's
+    own, limits, run info, logging, concurrency slots or status mapping. The SDK talks to it
+    unchanged, so the latency of this server is the floor of the current stack (CPython, gRPC
+    Python, the NumPy engine) for a tiny request, which the real server's row can be read against."""
+    import grpc
+
+    from gradwire.protos import gradwire_pb2 as pb
+    from gradwire.server.config import ServerConfig
+
+    compute = floor_compute()
     config = ServerConfig()
     server, pool, port = plain_server("gradwire.v1.Gradwire", {
         "Compute": grpc.unary_unary_rpc_method_handler(compute, request_deserializer=pb.ComputeRequest.FromString,
@@ -659,5 +668,5 @@ def transfer(cfg: Config) -> list[Row]:
     ]
 
 
-__all__ = ["BareGrpc", "cpu_of", "floor_server", "plain_server", "gradwire_server", "scaled_repeats", "phase_medians",
+__all__ = ["BareGrpc", "cpu_of", "floor_compute", "floor_server", "plain_server", "gradwire_server", "scaled_repeats", "phase_medians",
            "fmt_phases", "byte_chunks", "paired_ratio", "ms_list", "mib_str", "seed_graph"]
