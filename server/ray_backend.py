@@ -25,6 +25,10 @@ import uuid
 from collections import deque
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
+# ray.cancel of an actor task still queued at its actor is not honoured then: the driver
+# retries it every cancellation_retry_ms (2 s by default), so the task would start and run
+# that long unflagged. Read by this process's core worker when it joins (ray.init).
+os.environ.setdefault("RAY_cancellation_retry_ms", "100")
 
 import ray  # noqa: E402
 from ray.exceptions import (  # noqa: E402

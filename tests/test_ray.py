@@ -19,6 +19,9 @@ import gradwire as gw
 from gradwire.server.app import create_server
 from gradwire.server.config import ServerConfig
 
+# as the Ray backend sets it before it joins a cluster; this process joins the session's
+# cluster (conftest.py) before any server starts, and after every test module is imported
+os.environ.setdefault("RAY_cancellation_retry_ms", "100")
 ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.ray
@@ -412,6 +415,37 @@ def test_deadline_stops_the_shards_running_on_the_workers(served):
     small_params, small_batch = _data("float64", BATCH, seed=17)
     want = gw.local(shards=SHARDS, blas_threads=1).value_and_grad(_mlp("float64"), small_params, small_batch)
     _assert_bitwise(*client.value_and_grad(_mlp("float64"), small_params, small_batch), *want, "the next request")
+
+
+def test_a_cancelled_call_stops_the_shards_running_on_the_workers(served):
+    """No deadline: the client cancels the call. The driver's ``ray.cancel`` only flags the
+    running tasks; their tokens' probe of that flag stops them."""
+    import grpc
+
+    from gradwire.protos import gradwire_pb2_grpc as pb_grpc
+
+    server, _ = served
+    graph, params, batch = _slow()
+    pids = [w["pid"] for w in server.backend.worker_identities()]
+    replaced = server.backend.replaced
+    request = _raw_compute(graph, params, batch)
+    request.header.shards = HEAVY_SHARDS
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = pb_grpc.GradwireStub(channel).Compute.future(request)  # no timeout
+        time.sleep(0.3)
+        busy = _cpu_use(pids, 0.6)
+        assert call.cancel() and call.cancelled()
+        cancelled_at = time.monotonic()
+    assert sum(busy.values()) > 0.2, f"the workers were not computing before the cancel: {busy}"
+    time.sleep(max(0.0, cancelled_at + 1.0 - time.monotonic()))
+    after = _cpu_use(pids)
+    assert all(use < 0.1 for use in after.values()), \
+        f"Ray workers still computing 1 s after the cancel (cores: {after}; before it: {busy})"
+    assert server.backend.replaced == replaced
+    small_params, small_batch = _data("float64", BATCH, seed=19)
+    want = gw.local(shards=SHARDS, blas_threads=1).value_and_grad(_mlp("float64"), small_params, small_batch)
+    _, client = served
+    _assert_bitwise(*client.value_and_grad(_mlp("float64"), small_params, small_batch), *want, "after a cancel")
 
 
 def test_a_task_stops_at_its_wall_clock_deadline_outside_ray_too():
