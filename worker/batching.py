@@ -41,7 +41,7 @@ class Batch:
         if self.kind == "rows":
             return f"per-example rows along axis {self.axis}"
         if self.reduced:
-            return f"a {self.kind} over the batch from {self.origin}" if self.origin else f"a {self.kind} over the batch"
+            return f"a {self.kind} over the batch" + (f" from {self.origin}" if self.origin else "")
         return {"free": "batch-free", "coupled": "coupled"}[self.kind]
 
     def __repr__(self) -> str:
