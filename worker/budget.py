@@ -123,41 +123,49 @@ class _Peak:
 
 def _estimate(program: Program, specs: dict[str, TensorSpec], wrt, fetch) -> Budget:
     schedule = program._schedule(wrt, fetch)
-    plan = program.backward_plan(wrt)
-    g = program.graph
     elements = {name: num_elements(spec.shape) for name, spec in specs.items()}
     size = {name: n * specs[name].dtype.itemsize for name, n in elements.items()}
+    g = program.graph
     held = {*g.inputs, *g.params, *g.constants}  # the caller's: never freed by the run
     peak = _Peak(sum(size[name] for name in held))
-    live, flops = peak.bytes, 0
+    live, flops = _forward(program, schedule, specs, elements, size, held, peak)
+    live += sum(size[name] for name in schedule.fetch)  # copied out of the run's values
+    live, backward_flops = _backward(program, schedule, plan=program.backward_plan(wrt), specs=specs,
+                                     elements=elements, size=size, held=held, peak=peak, live=live)
+    peak.see(live + sum(size[w] for w in wrt), None, None, "results")
+    return Budget(peak.bytes, _as_float(flops + backward_flops), peak.node, peak.op, peak.phase)
 
+
+def _forward(program, schedule, specs, elements, size, held, peak) -> tuple[int, int]:
+    live, flops = peak.bytes, 0
     for i, (name, op_name, _, inputs, attrs, frees) in enumerate(schedule.forward):
         out = size[name]
         peak.see(live + out + WORKSPACE * max([out, *(size[r] for r in inputs)]), name, op_name, "forward")
         live += out - sum(size[r] for r in frees if r not in held)
         flops += _node_flops(program.ops[i], specs, elements, name, inputs, attrs)
+    return live, flops
 
-    live += sum(size[name] for name in schedule.fetch)  # copied out of the run's values
-    grads = {g.loss: size[g.loss]}
-    live += size[g.loss]
+
+def _backward(program, schedule, plan, specs, elements, size, held, peak, live) -> tuple[int, int]:
+    loss = program.graph.loss
+    grads = {loss: size[loss]}  # pending gradients, by value
+    live, flops = live + size[loss], 0
     for (name, inputs, _, attrs, frees), i, need in zip(schedule.backward, plan.nodes, plan.needs):
         op, out = program.ops[i], size[name]
-        made, pending = 0, set(grads)
+        made, here = 0, set()
         for ref, wanted in zip(inputs, need):
-            if wanted:
-                made += size[ref] * (2 if ref in pending else 1) + (out if op.broadcast else 0)
-                pending.add(ref)
+            if wanted:  # its gradient, one more buffer where it accumulates, the unreduced broadcast
+                made += size[ref] * (2 if ref in grads or ref in here else 1) + (out if op.broadcast else 0)
+                here.add(ref)
         peak.see(live + made + WORKSPACE * max([out, *(size[r] for r in inputs)]), name, op.name, "backward")
         live -= grads.pop(name, 0)
-        for ref, wanted in zip(inputs, need):
-            if wanted and ref not in grads:
+        for ref in here:
+            if ref not in grads:
                 grads[ref] = size[ref]
                 live += size[ref]
         live -= sum(size[r] for r in frees if r not in held)
         flops += BACKWARD_FLOPS * _node_flops(op, specs, elements, name, inputs, attrs)
-
-    peak.see(live + sum(size[w] for w in wrt), None, None, "results")
-    return Budget(peak.bytes, _as_float(flops), peak.node, peak.op, peak.phase)
+    return live, flops
 
 
 def _node_flops(op: Op, specs, elements, name: str, inputs, attrs) -> int:
