@@ -38,6 +38,10 @@ def _info(msg: pb.RunInfo) -> dict[str, Any]:
         "shard_count": msg.shard_count,
         "server_pid": msg.server_pid,
         "phase_ms": dict(msg.phase_ms),
+        "sharding": msg.sharding,  # "sharded: ..." or "unsharded: <why>"
+        "warnings": list(msg.warnings),  # e.g. a loss that is not finite
+        "estimated_peak_bytes": msg.estimated_peak_bytes,
+        "estimated_flops": msg.estimated_flops,
         "shards": [{"index": s.index, "start": s.start, "stop": s.stop, "worker": s.worker, "node": s.node,
                     "pid": s.pid, "ms": s.ms, "attempts": s.attempts} for s in msg.shards],
     }

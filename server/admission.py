@@ -20,16 +20,9 @@ import threading
 import time
 
 from gradwire.server.status import Overloaded
+from gradwire.worker.budget import fmt_bytes
 from gradwire.worker.cancel import Cancelled, CancelToken
 from gradwire.worker.validate import LimitError
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 class MemoryBudget:

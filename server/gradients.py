@@ -22,6 +22,7 @@ from gradwire.server.backend import Backend, Job, Outcome
 from gradwire.server.config import ServerConfig
 from gradwire.server.feed import BatchFeed
 from gradwire.server.store import GraphStore, Registered, Session, SessionStore
+from gradwire.worker.budget import Budget, check, estimate
 from gradwire.worker.cancel import CancelToken
 from gradwire.worker.codec import graph_id_of_proto, one_message, stream_messages
 from gradwire.worker.engine import ExecutionError
@@ -42,6 +43,7 @@ class Decoded:
     batch: dict[str, np.ndarray]
     feed: BatchFeed | None = None
     phase_ms: dict[str, float] = field(default_factory=dict)
+    budget: Budget | None = None  # the admission estimate, once validated
 
 
 def resolve_graph(header, graphs: GraphStore) -> Registered:
@@ -90,15 +92,17 @@ def validate(request: Decoded, config: ServerConfig, default_shards: int) -> Job
               tuple(header.fetch), header.shards or default_shards, config.check_finite, request.feed, specs)
     if header.wrt or header.input_grads:
         program.backward_plan(job.wrt)  # rejects unknown names before scheduling
+    request.budget = check(estimate(program, specs, job.wrt, job.fetch), config.max_request_memory_bytes,
+                           config.max_request_flops)
     request.phase_ms["validate"] = _ms_since(t)
     return job
 
 
 def compute(backend: Backend, request: Decoded, job: Job, holdings: Holdings, cancel: CancelToken,
             config: ServerConfig) -> Outcome:
-    """Run the job, its memory held for as long as it runs."""
-    estimate = estimate_peak_bytes(job)
-    holdings.reserve(max(0, estimate - holdings.reserved), "the request's run", cancel)
+    """Run the job, its estimated peak memory held for as long as it runs (the tensors the
+    request declared are held already)."""
+    holdings.reserve(max(0, request.budget.peak_bytes - holdings.reserved), "the request's run", cancel)
     outcome = backend.compute(job, cancel)
     if request.feed is not None:  # the whole stream arrived and checks out (lengths, bools), and the
         request.reg.program.bind(request.params, request.feed.finish())  # late tensors are the graph's too
@@ -106,11 +110,6 @@ def compute(backend: Backend, request: Decoded, job: Job, holdings: Holdings, ca
         _check_finite_grads(outcome)
     outcome.phase_ms.update(request.phase_ms)
     return outcome
-
-
-def estimate_peak_bytes(job: Job) -> int:
-    """The run's peak live bytes as admission charges them."""
-    return sum(int(a.nbytes) for a in job.params.values()) + sum(int(a.nbytes) for a in job.batch.values())
 
 
 def _check_finite_grads(outcome: Outcome) -> None:
@@ -125,13 +124,13 @@ def _check_finite_grads(outcome: Outcome) -> None:
 # ---------------------------------------------------------------- encode
 
 
-def run_info(backend_name: str, job: Job, outcome: Outcome) -> pb.RunInfo:
+def run_info(backend_name: str, request: Decoded, job: Job, outcome: Outcome) -> pb.RunInfo:
     warnings = [] if math.isfinite(outcome.result.loss) else [f"the loss is not finite ({outcome.result.loss})"]
     return pb.RunInfo(
         backend=backend_name, shard_count=len(outcome.shards), phase_ms=outcome.phase_ms,
         shards=[pb.ShardInfo(**vars(s)) for s in outcome.shards],  # ShardRecord mirrors ShardInfo
-        server_pid=os.getpid(), sharding=getattr(job, "sharding", ""), warnings=warnings,
-        estimated_peak_bytes=estimate_peak_bytes(job))
+        server_pid=os.getpid(), sharding=job.sharding, warnings=warnings,
+        estimated_peak_bytes=request.budget.peak_bytes, estimated_flops=request.budget.flops)
 
 
 def _groups(outcome: Outcome) -> dict[str, dict[str, np.ndarray]]:
@@ -149,7 +148,7 @@ def encode_unary(request: Decoded, job: Job, outcome: Outcome, backend_name: str
     t = time.perf_counter()
     message = one_message(pb.ComputeResponse, {}, _groups(outcome))
     outcome.phase_ms["encode"] = _ms_since(t)
-    message.summary.CopyFrom(_summary(request, run_info(backend_name, job, outcome), request_id, outcome.result.loss))
+    message.summary.CopyFrom(_summary(request, run_info(backend_name, request, job, outcome), request_id, outcome.result.loss))
     return message
 
 
@@ -165,7 +164,7 @@ def encode_stream(request: Decoded, job: Job, outcome: Outcome, backend_name: st
         previous = message
     previous = previous or Outgoing(pb.ComputeResponse)
     outcome.phase_ms["encode"] = _ms_since(t)
-    previous.fields["summary"] = _summary(request, run_info(backend_name, job, outcome), request_id,
+    previous.fields["summary"] = _summary(request, run_info(backend_name, request, job, outcome), request_id,
                                           outcome.result.loss)
     yield previous
 

@@ -29,6 +29,7 @@ from gradwire.server.feed import BatchFeed, RequestStream, require_header
 from gradwire.server.jobs import JobManager
 from gradwire.server.status import JobNotDone, status_for
 from gradwire.server.store import GraphStore, SessionStore
+from gradwire.worker.budget import check, static_estimate
 from gradwire.worker.cancel import CancelToken
 from gradwire.worker.codec import Assembler, stream_messages
 from gradwire.worker.ops import OPS
@@ -149,10 +150,19 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     async def RegisterGraph(self, request, context):
         async def run(call):
-            reg = await self._light(self.graphs.register, request.graph)
+            reg = await self._light(self._register, request.graph)
             call.graph_id = reg.graph_id
             return pb.RegisterGraphResponse(graph_id=reg.graph_id, num_nodes=len(reg.program.order))
         return await self._unary("RegisterGraph", context, run)
+
+    def _register(self, graph):
+        """A validated graph; one whose shapes are all known is refused already if a run of it
+        would exceed the request limits."""
+        reg = self.graphs.register(graph)
+        budget = static_estimate(reg.program)
+        if budget is not None:
+            check(budget, self.config.max_request_memory_bytes, self.config.max_request_flops)
+        return reg
 
     # ------------------------------------------------------------------ gradients
 

@@ -95,3 +95,31 @@ def test_compute_charges_memory_and_stops_when_cancelled(stores):
     cancelled.cancel()
     with pytest.raises(Cancelled):
         gradients.compute(LocalBackend(), decoded, job, Admission(1, 1 << 30).holdings(), cancelled, config)
+
+
+def test_run_info_reports_sharding_and_the_estimate(start_server):
+    _, address = start_server(shards=2)
+    with gw.connect(address) as client:
+        _, _, info = client.value_and_grad(_graph(), {"w": W, "b": B}, {"x": X}, return_info=True)
+    assert info["shard_count"] == 2 and info["sharding"].startswith("sharded")
+    assert info["estimated_peak_bytes"] >= W.nbytes + B.nbytes + X.nbytes and info["estimated_flops"] > 0
+    assert info["warnings"] == []
+
+
+def test_requests_over_the_memory_or_flop_limit_are_refused_before_running(start_server):
+    """31 concat doublings of a scalar: an 836-byte request that grew the server past 16 GiB."""
+    g = gw.Graph()
+    v = g.param("p", ())
+    v = gw.reshape(v, shape=[1])
+    for _ in range(31):
+        v = gw.concat(v, v, axis=0)
+    g.set_loss(gw.sum(v))
+    _, address = start_server(max_tensor_elements=2**40)
+    with gw.connect(address) as client:
+        with pytest.raises(gw.ResourceExhausted, match="estimated .* of memory at its peak"):
+            client.value_and_grad(g, {"p": np.float32(1.0)}, {})
+        _, _, info = client.value_and_grad(_graph(), {"w": W, "b": B}, {"x": X}, return_info=True)  # still serving
+    _, strict = start_server(max_request_flops=10)
+    with gw.connect(strict) as client:
+        with pytest.raises(gw.ResourceExhausted, match="floating-point operations"):
+            client.value_and_grad(_graph(), {"w": W, "b": B}, {"x": X})
