@@ -31,7 +31,7 @@ from gradwire.server.backend import Backend, Job
 from gradwire.server.status import NotFound
 from gradwire.server.store import GraphStore, Registered, check_params
 from gradwire.worker.cancel import CancelToken
-from gradwire.worker.optim import from_config
+from gradwire.worker.optim import from_config, optimizer_from_json
 from gradwire.worker.validate import GraphError, LimitError
 
 log = logging.getLogger("gradwire.server")
@@ -219,11 +219,7 @@ class JobManager:
 
     def submit(self, header: pb.JobHeader, reg: Registered, params: dict[str, np.ndarray],
                uploaded: dict[str, np.ndarray]) -> JobRun:
-        try:
-            optimizer = json.loads(header.optimizer_json or "{}")
-            from_config(optimizer)
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise GraphError(f"optimizer: {exc}") from None
+        optimizer = optimizer_from_json(header.optimizer_json)
         if header.epochs < 1:
             raise GraphError(f"epochs must be >= 1, got {header.epochs}")
         check_params(reg.program, params, partial=False)

@@ -35,7 +35,7 @@ class GraphStore:
         graph_id = graph_id_of_proto(graph)
         # validated outside the cache's lock: a 100k-node graph must not stall other requests
         return self._items.get_or_make(graph_id, lambda: Registered(
-            graph_id, Program(graph_from_proto(graph, self.limits.max_tensor_elements), self.limits),
+            graph_id, Program(graph_from_proto(graph, self.limits), self.limits),
             graph.SerializeToString(deterministic=True)))
 
     def get(self, graph_id: str) -> Registered:
