@@ -163,7 +163,7 @@ def _free_memory() -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_free_memory() < 16 << 30, reason="needs 16 GiB of free memory")
-def test_2_5_gb_request(address):
+def test_2_5_gb_request(start_server):
     """Five 500 MB parameters (2.5 GB, beyond protobuf's 2 GiB message cap) up, 2.5 GB of
     gradients down. To stay lean the client holds one 500 MB base array: the parameters are
     views of it (reversed, reshaped, transposed), distinct tensors on the wire."""
@@ -185,6 +185,8 @@ def test_2_5_gb_request(address):
     g.set_loss(total)
     total_bytes = sum(v.nbytes for v in views.values())
     assert total_bytes == 2_500_000_000
+    # the default request limit is a quarter of the machine; this one is estimated at 7.5 GB
+    _, address = start_server(shards=8, max_request_memory=12 << 30, memory_budget=16 << 30)
     with gw.connect(address, timeout=900) as client:
         t0 = time.perf_counter()
         loss, grads = client.value_and_grad(g, views, {})
