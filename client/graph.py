@@ -155,7 +155,9 @@ class Graph:
 
     def set_loss(self, value: Value, batch_reduction: str = "mean") -> Value:
         """Make ``value`` (a float scalar) the loss. ``batch_reduction`` says whether it is a
-        mean over the batch (default) or a sum; it decides how batch shards combine."""
+        mean over the batch (default) or a sum. The engine derives which it is from the graph
+        and refuses a graph that declares the other; a loss that couples examples (a batch
+        statistic inside it) runs unsharded, whatever the shard count."""
         self._own(value)
         if value.spec.shape != () or value.dtype.kind != "f":
             op = next((n.op for n in self.graph_def.nodes if n.name == value.name), None)
