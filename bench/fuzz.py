@@ -93,15 +93,70 @@ FUZZ_LIMITS = dict(
 COMPUTE_DEADLINE = 2.0  # the stand-in context's deadline for a Compute call (s)
 JOB_SECONDS = 5.0  # how long a submitted job may run before it is cancelled
 
-# Inputs that once broke the property (found by this harness), replayed first on every run:
+# Inputs that once broke the property and were fixed, replayed first on every run:
 # (name, input hex). See docs/ARCHITECTURE.md, "Fuzzing".
 REGRESSIONS: list[tuple[str, str]] = []
 
-# Bugs found and reported but not fixed yet: (name, input hex, what goes wrong). Each is
-# replayed by tests/test_fuzz.py as an xfail test; the fuzz run counts but does not fail on
-# its class (``KNOWN_CLASSES``).
-KNOWN_BUGS: list[tuple[str, str, str]] = []
-KNOWN_CLASSES: frozenset[str] = frozenset()
+# Bugs this harness found, reported, not fixed yet. A violation that matches one (its kind,
+# status and every ``match`` substring in its traceback) is counted under the bug's name
+# instead of failing the run; tests/test_fuzz.py replays each bug's inputs as xfail tests,
+# which start passing once it is fixed (then move its inputs to REGRESSIONS).
+_BASE_PARAMS = "12160a017710011a01032a0c0000003f000080bf0000004012160a016210011a01032a0ccdcccc3dcdcc4c3e9a9999be"
+
+
+def _job_with_data_path(path: str) -> str:
+    """The hex of a SubmitJob input: the base graph by id, its parameters, ``data_path``."""
+    header = bytes.fromhex("1222672d36663166333063636363373563336536383266313066656632383065653461331a1a7b226e616d6"
+                           "5223a2022736764222c20226c72223a20302e317d20032801") + b"\x42" + _varint(len(path)) + path.encode()
+    message = b"\x0a" + _varint(len(header)) + header + bytes.fromhex(_BASE_PARAMS)
+    return (bytes([3]) + _varint(len(message)) + message).hex()
+
+
+KNOWN_BUGS: list[dict] = [
+    {"name": "dataset-read-errors-are-internal", "kind": "SubmitJob", "status": "INTERNAL",
+     "match": ("in load_dataset",),
+     "summary": "SubmitJob naming a data_path that is a damaged .npz (empty, truncated, not a zip, bad CRC), an "
+                "empty .npy in a dataset directory, or a bare .npy file is answered INTERNAL: load_dataset "
+                "(server/jobs.py) maps only OSError and ValueError to GraphError, but np.load raises "
+                "zipfile.BadZipFile, EOFError, and a bare .npy gives an ndarray that is no context manager "
+                "(TypeError)",
+     "inputs": [(path, None) for path in ("empty.npz", "trunc.npz", "garbage.npz", "crc.npz", "emptydir",
+                                          "plain.npy")]},
+    {"name": "dataset-member-not-an-array-is-internal", "kind": "SubmitJob", "status": "INTERNAL",
+     "match": ("in check_dataset", "AttributeError"),
+     "summary": "SubmitJob naming a .npz whose member x.npy is not an .npy file is answered INTERNAL: "
+                "np.load's NpzFile hands such a member out as bytes, and check_dataset (server/jobs.py) "
+                "reads its .dtype (AttributeError)",
+     "inputs": [("notnpy.npz", None)]},
+    {"name": "reshape-to-scalar-of-batched-input-is-internal", "kind": None, "status": "INTERNAL",
+     "match": ("in _reshape_batch", "IndexError"),
+     "summary": "a graph with reshape(x, shape=[]) of a batched input x (-1, 3) is answered INTERNAL by every "
+                "request that carries it: the batching rule _reshape_batch (worker/ops/shape.py) reads shape[0] "
+                "of the empty target shape (IndexError) while Program analyses the graph",
+     "inputs": [("register", "010a4a0a140a0178120f0801120bffffffffffffffffff0103221c0a01721207726573686170651a0178220b"
+                             "0a05736861706512022a00220e0a046c6f7373120373756d1a01722a046c6f7373")]},
+]
+
+# Not a violation of the property in-process, but on the wire: a status message longer than
+# gRPC's 8 KiB metadata limit never reaches the client, which gets RESOURCE_EXHAUSTED
+# "Stream removed (received metadata size exceeds soft limit ...)" instead of the server's
+# status. Error messages quote client-chosen names whole (here an op name of 7000 bytes);
+# the harness counts such answers (``details_too_long``) and tests/test_fuzz.py replays this
+# one against a real server.
+LONG_DETAILS_BUG = {
+    "name": "status-details-over-grpc-metadata-limit",
+    "summary": "RegisterGraph of a node whose op name is 7000 'x' is answered INVALID_ARGUMENT with a message "
+               "quoting the name twice (14 kB); a gRPC client receives RESOURCE_EXHAUSTED 'Stream removed "
+               "(received metadata size exceeds soft limit)' instead",
+    "request": "RegisterGraph", "op_name_bytes": 7000,
+}
+def known_bug(record: dict) -> str | None:
+    """The name of the known bug a violation record is an instance of, if any."""
+    for bug in KNOWN_BUGS:
+        if bug["kind"] in (None, record["kind"]) and record["status"] == bug["status"] and \
+                all(m in record["detail"] for m in bug["match"]):
+            return bug["name"]
+    return None
 
 
 # ---------------------------------------------------------------- input format
@@ -121,6 +176,10 @@ def pack(kind: str, messages: list[bytes], framed: bool = False) -> bytes:
     if kind not in STREAMING:
         return selector + (messages[0] if messages else b"")
     return selector + b"".join(_varint(len(m)) + m for m in messages)
+
+
+for _bug in KNOWN_BUGS:
+    _bug["inputs"] = [(label, h or _job_with_data_path(label)) for label, h in _bug["inputs"]]
 
 
 def unpack(data: bytes) -> tuple[str, bool, list[bytes]]:
@@ -383,7 +442,7 @@ def peak_rss_mb() -> float:
 def seed_corpus() -> list[tuple[str, bytes]]:
     seeds = corpus()
     seeds += [(f"regression/{name}", bytes.fromhex(h)) for name, h in REGRESSIONS]
-    seeds += [(f"known-bug/{name}", bytes.fromhex(h)) for name, h, _ in KNOWN_BUGS]
+    seeds += [(f"known-bug/{bug['name']}/{label}", bytes.fromhex(h)) for bug in KNOWN_BUGS for label, h in bug["inputs"]]
     return [(name, data) for name, data in seeds if len(data) <= MAX_LEN]
 
 
@@ -588,7 +647,7 @@ def corpus() -> list[tuple[str, bytes]]:
     large = pb.ComputeRequest(header=pb.ComputeHeader(graph=base.graph), params=_chunks(base.params),
                               batch=_chunks({"x": np.linspace(-1, 1, 6000 * 3, dtype=np.float32).reshape(6000, 3)}))
     out.append(("good/base/compute-over-64KiB", pack("Compute", [large.SerializeToString()])))
-    for path in ("data.npz", "datadir", "fifo", "garbage.npz", "objdir", "nothing-here.npz", "/dev/null", "."):
+    for path in DATA_PATHS:
         job = pb.JobRequest(header=pb.JobHeader(graph_id=base_id, optimizer_json=OPTIMIZERS[0], batch_size=3,
                                                 epochs=1, data_path=path), params=_chunks(base.params))
         out.append((f"good/base/job-data-path-{path}", pack("SubmitJob", [job.SerializeToString()])))
@@ -599,18 +658,42 @@ def corpus() -> list[tuple[str, bytes]]:
 
 
 def make_datasets(workdir: Path) -> None:
-    """The files that job seeds name by relative path (a worker runs in ``workdir``)."""
+    """The files that job seeds name by relative path (a worker runs in ``workdir``): a good
+    .npz and .npy directory for the base graph, and files as a disk or an upload leaves them
+    broken (empty, truncated, a bad CRC, a member that is no .npy, a bare .npy, a FIFO)."""
+    import io
+    import zipfile
+
     import numpy as np
 
     x = np.arange(24, dtype=np.float32).reshape(8, 3) / 10
     np.savez(workdir / "data.npz", x=x)
+    good = (workdir / "data.npz").read_bytes()
     (workdir / "datadir").mkdir(exist_ok=True)
     np.save(workdir / "datadir" / "x.npy", x)
     (workdir / "objdir").mkdir(exist_ok=True)
     np.save(workdir / "objdir" / "x.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    (workdir / "emptydir").mkdir(exist_ok=True)
+    (workdir / "emptydir" / "x.npy").write_bytes(b"")
+    (workdir / "truncdir").mkdir(exist_ok=True)
+    (workdir / "truncdir" / "x.npy").write_bytes((workdir / "datadir" / "x.npy").read_bytes()[:-10])
     (workdir / "garbage.npz").write_bytes(b"PK\x03\x04" + bytes(60))
+    (workdir / "empty.npz").write_bytes(b"")
+    (workdir / "trunc.npz").write_bytes(good[: len(good) // 2])
+    crc = bytearray(good)
+    crc[good.find(b"\x93NUMPY") + 140] ^= 0xFF
+    (workdir / "crc.npz").write_bytes(bytes(crc))
+    with zipfile.ZipFile(workdir / "notnpy.npz", "w") as archive:
+        archive.writestr("x.npy", b"not an array")
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    (workdir / "plain.npy").write_bytes(buffer.getvalue())
     if not (workdir / "fifo").exists():
         os.mkfifo(workdir / "fifo")
+
+
+DATA_PATHS = ("data.npz", "datadir", "fifo", "objdir", "emptydir", "truncdir", "garbage.npz", "empty.npz",
+              "trunc.npz", "crc.npz", "notnpy.npz", "plain.npy", "nothing-here.npz", "/dev/null", ".")
 
 
 # ---------------------------------------------------------------- the structured mutator
@@ -634,9 +717,8 @@ _INTERESTING_INTS = [0, 1, 2, 3, 4, 5, 7, 8, 16, 64, 255, 256, 4096, 32767, 3276
 _INTERESTING_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 1e-45, 5e-324, 1e30, 1e308, -1e308, float("nan"),
                        float("inf"), float("-inf"), 3.5, -7.25]
 _STRINGS = ["", "mean", "sum", "median", "x", "w", "b", "y", "loss", "relu", "add", "mul", "g-" + "0" * 32,
-            SESSION_PLACEHOLDER.decode(), "s-nope", "\x00", "a\x00b", "é", "../x", ".", "data.npz", "datadir",
-            "fifo", "objdir", "garbage.npz", "/dev/null", "/proc/self/mem", "/", "axis", "keepdims", "shape",
-            "perm", "starts", "ends", "axes", "steps", "exponent", "unknown_attr"]
+            SESSION_PLACEHOLDER.decode(), "s-nope", "\x00", "a\x00b", "é", "../x", "axis", "keepdims", "shape",
+            "perm", "starts", "ends", "axes", "steps", "exponent", "unknown_attr", "/proc/self/mem", "/"]
 _RANGES = {  # field cpp types -> (min, max)
     1: (-2**31, 2**31 - 1), 2: (-2**63, 2**63 - 1), 3: (0, 2**32 - 1), 4: (0, 2**64 - 1), 8: (-2**31, 2**31 - 1)}
 
@@ -833,7 +915,7 @@ class Mutator:
 
             return r.choice(list(OPS))
         if pick < 0.8:
-            return r.choice(_STRINGS)
+            return r.choice(_STRINGS) if r.random() < 0.8 else r.choice(DATA_PATHS)
         if pick < 0.87:
             return r.choice("xé\x00") * r.choice((100, 2000, 4000, 9000))
         if not current:
@@ -1081,7 +1163,7 @@ class Mutator:
         elif kind == "SubmitJob":
             field = r.choice(("batch_size", "epochs", "seed", "checkpoint_every", "data_path", "optimizer_json"))
             if field == "data_path":
-                h.data_path = r.choice(_STRINGS[-16:]) if r.random() < 0.8 else self._string(h.data_path, h)
+                h.data_path = r.choice(DATA_PATHS) if r.random() < 0.8 else self._string(h.data_path, h)
                 if r.random() < 0.6:
                     for m in messages:
                         del m.data[:]
@@ -1302,6 +1384,8 @@ class Worker:
                              rss_cap_mb=args.rss_mb)
         self.violations: list[dict] = []
         self.seen_classes: set[str] = set()
+        self.known: collections.Counter = collections.Counter()  # known bug -> inputs that hit it
+        self.known_examples: dict[str, dict] = {}
         self.started = time.monotonic()
         self.deadline = self.started + args.seconds
         self.current = os.open(workdir / "current-input", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -1331,8 +1415,14 @@ class Worker:
 
     def _record(self, v: Violation) -> None:
         record = v.record
-        last = [line for line in record["detail"].splitlines() if line.strip().startswith("File ")][-1:]
+        last = [line.strip() for line in record["detail"].splitlines() if line.strip().startswith("File ")][-1:]
         record["class"] = f"{record['what']} {record['kind']} {record['status']} {' '.join(last)}"[:300]
+        bug = known_bug(record)
+        if bug is not None:
+            self.known[bug] += 1
+            if bug not in self.known_examples or len(record["hex"]) < len(self.known_examples[bug]["hex"]):
+                self.known_examples[bug] = record
+            return
         if record["class"] in self.seen_classes:
             return
         self.seen_classes.add(record["class"])
@@ -1355,11 +1445,11 @@ class Worker:
     def report(self, engine: str) -> dict:
         t = self.target
         elapsed = time.monotonic() - self.started
-        bad = [v for v in self.violations if v["class"].split(" ")[0] not in KNOWN_CLASSES]
+        bad = self.violations
         return {
             "engine": engine, "seconds": round(elapsed, 1), "executions": t.executions,
             "exec_per_s": round(t.executions / max(elapsed, 1e-9), 1),
-            "violations": bad, "known": [v for v in self.violations if v not in bad],
+            "violations": bad, "known": dict(self.known), "known_examples": self.known_examples,
             "crashes": 0, "internal_or_unknown": sum(1 for v in bad if v["status"] in ("INTERNAL", "UNKNOWN")
                                                      or v["what"] in ("escaped", "job", "serialize")),
             "hangs": sum(1 for v in bad if v["what"] == "hang"),
@@ -1397,11 +1487,33 @@ def _worker_main(args) -> int:
     faulthandler.enable()
     warnings.simplefilter("ignore")  # NumPy's overflow warnings of fuzzed values, once per line
     worker = Worker(workdir, args)
-    seeds = seed_corpus()
     engine = args.engine
+    if engine == "replay":
+        return _replay(worker, args)
+    seeds = seed_corpus()
     if engine == "atheris":
         return _run_atheris(worker, seeds, args)
     return _run_hypothesis(worker, seeds, args)
+
+
+def _replay(worker: Worker, args) -> int:
+    """Each input of ``--replay`` once; the report lists them with their status."""
+    results = []
+    for h in args.replay:
+        data = bytes.fromhex(h)
+        entry = {"hex": h, "kind": unpack(data)[0]}
+        try:
+            entry["status"] = worker.target.run(data)
+            entry["details"] = worker.target.last_details[:2000]
+        except Violation as v:
+            worker._record(v)
+            entry.update(status=v.record["status"], violation=v.record["what"], known=known_bug(v.record),
+                         details=v.record["detail"][-4000:])
+        results.append(entry)
+    report = worker.report("replay")
+    report["results"] = results
+    Path(args.report).write_text(json.dumps(report, indent=1))
+    os._exit(0)
 
 
 def _finish(worker: Worker, engine: str) -> None:
@@ -1514,7 +1626,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=float(os.environ.get("GRADWIRE_FUZZ_SECONDS", 30)),
                    help="time budget per worker (default $GRADWIRE_FUZZ_SECONDS or 30)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (seeds seed, seed+1, ...)")
-    p.add_argument("--engine", choices=("auto", "atheris", "hypothesis"), default="auto")
+    p.add_argument("--engine", choices=("auto", "atheris", "hypothesis", "replay"), default="auto")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rss-mb", type=float, default=1024.0, help="peak RSS a worker may reach (MB)")
     p.add_argument("--as-mb", type=int, default=6144, help="RLIMIT_AS of a worker (MiB; 0: none)")
@@ -1524,6 +1636,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run handler work in the servicer's thread pools (default: inline, same code)")
     p.add_argument("--print-every", type=float, default=10.0)
     p.add_argument("--report", default="", help="write the JSON report here")
+    p.add_argument("--replay", nargs="+", metavar="HEX", default=None,
+                   help="run these inputs once each (hex; 'known' adds every known bug's inputs) and report")
     p.add_argument("--workdir", default="", help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work directories (corpus, artifacts)")
     return p
@@ -1532,6 +1646,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     engine = args.engine
+    if args.replay:
+        return _replay_main(args)
     if engine == "auto":
         engine = "atheris" if importlib.util.find_spec("atheris") else "hypothesis"
     # job checkpoints are fsync'ed: on tmpfs that costs nothing
@@ -1569,6 +1685,30 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if summary["violations"] else 0
 
 
+def _replay_main(args) -> int:
+    inputs = [h for h in args.replay if h != "known"]
+    if "known" in args.replay:
+        inputs += [h for bug in KNOWN_BUGS for _, h in bug["inputs"]]
+    workdir = Path(tempfile.mkdtemp(prefix="gradwire-fuzz-replay-"))
+    report = workdir / "report.json"
+    child = ["--workdir", str(workdir), "--report", str(report), "--engine", "replay", "--replay", *inputs]
+    with open(workdir / "log.txt", "wb") as log:
+        code = subprocess.call([sys.executable, "-c", _BOOTSTRAP, "replay", *child], cwd=workdir,
+                               stdout=log, stderr=subprocess.STDOUT)
+    if not report.exists():
+        print((workdir / "log.txt").read_text(errors="replace")[-4000:])
+        return 2
+    result = json.loads(report.read_text())
+    text = json.dumps(result["results"], indent=1)
+    if args.report:
+        Path(args.report).write_text(text)
+    for r in result["results"]:
+        print(f"{r['kind']} -> {r['status']}" + (f" [{r['violation']}" + (f", known bug {r['known']}" if r.get("known")
+                                                  else "") + "]" if r.get("violation") else "") + f"  {r['hex'][:80]}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if any(r.get("violation") and not r.get("known") for r in result["results"]) else 0 if code == 0 else 2
+
+
 def _strip(argv: list[str], options: tuple[str, ...]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -1593,7 +1733,7 @@ def _collect(returncode: int, workdir: Path, usage) -> dict:
         data = (workdir / "current-input").read_bytes() if (workdir / "current-input").exists() else b""
         crash = {"what": "crash", "kind": unpack(data)[0] if data else "-", "status": f"exit {returncode}",
                  "hex": data.hex(), "detail": log_text[-6000:], "class": f"crash exit {returncode}"}
-        report = report or {"executions": 0, "seconds": 0, "violations": [], "known": [], "statuses": {},
+        report = report or {"executions": 0, "seconds": 0, "violations": [], "known": {}, "statuses": {},
                             "exceptions": {}, "details_too_long": 0, "slowest": [], "peak_rss_mb": child_rss}
         report["violations"].append(crash)
         report["crashes"] = report.get("crashes", 0) + 1
@@ -1606,9 +1746,11 @@ def _collect(returncode: int, workdir: Path, usage) -> dict:
 def _merge(reports: list[dict], engine: str, wall: float) -> dict:
     statuses: collections.Counter = collections.Counter()
     exceptions: collections.Counter = collections.Counter()
+    known: collections.Counter = collections.Counter()
     for r in reports:
         statuses.update(r.get("statuses", {}))
         exceptions.update(r.get("exceptions", {}))
+        known.update(r.get("known", {}))
     executions = sum(r.get("executions", 0) for r in reports)
     violations = [v for r in reports for v in r.get("violations", [])]
     return {
@@ -1622,7 +1764,8 @@ def _merge(reports: list[dict], engine: str, wall: float) -> dict:
         "ooms": sum(1 for v in violations if v["what"] in ("oom", "memory")),
         "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in reports),
         "rss_cap_mb": reports[0].get("rss_cap_mb"), "as_cap_mb": reports[0].get("as_cap_mb"),
-        "violations": violations, "known": [v for r in reports for v in r.get("known", [])],
+        "violations": violations, "known": dict(known),
+        "known_examples": {k: v for r in reports for k, v in r.get("known_examples", {}).items()},
         "details_too_long": sum(r.get("details_too_long", 0) for r in reports),
         "details_example": next((r["details_example"] for r in reports if r.get("details_example")), None),
         "statuses": dict(sorted(statuses.items())), "exceptions": dict(exceptions.most_common(40)),
@@ -1635,7 +1778,9 @@ def _print_summary(s: dict) -> None:
     print(f"engine={s['engine']} workers={s['workers']} wall={s['wall_seconds']}s executions={s['executions']} "
           f"exec/s={s['exec_per_s']} crashes={s['crashes']} internal_or_unknown={s['internal_or_unknown']} "
           f"hangs={s['hangs']} ooms={s['ooms']} peak_rss={s['peak_rss_mb']:.0f}MB (cap {s['rss_cap_mb']:.0f}MB) "
-          f"known_bugs_hit={len(s['known'])} status_details_over_7KiB={s['details_too_long']}")
+          f"status_details_over_7KiB={s['details_too_long']}")
+    for name, count in s["known"].items():
+        print(f"known bug {name}: {count} input(s)")
     for v in s["violations"]:
         print(f"VIOLATION {v['what']}: {v['kind']} -> {v['status']}\n  input hex: {v['hex'][:20000]}\n"
               f"  {v['detail'][-3000:]}")
