@@ -7,7 +7,8 @@ Every server here runs in a process of its own, so client and server never share
                       server, e.g. ``git worktree add /tmp/oldtree f6c3f68``) the same calls
                       against that tree's server too, in the same interleaved rounds: the
                       before/after rows; absent, they are skipped. ``GRADWIRE_BENCH_CANDIDATE_TREE``
-                      adds a third tree the same way (a design change tried in a copy).
+                      adds more trees the same way (``os.pathsep``-separated: design changes
+                      tried in copies, or an intermediate commit), reported as info.
                       Floor rows, no gradwire server code (``ChildServer``): bare grpc.aio
                       echoes, inline and through the event loop → thread pool → event loop hop
                       the server's compute takes; and the minimal Compute handler (lookup,
@@ -208,13 +209,17 @@ class ChildServer:
 
 
 def _trees() -> dict[str, str]:
-    """The optional other checkouts named by the environment: {"before": path, "candidate": path}."""
+    """The optional other checkouts named by the environment: ``before`` (the baseline) and
+    one ``candidate N`` per path of ``GRADWIRE_BENCH_CANDIDATE_TREE`` (``os.pathsep``-separated)."""
     out = {}
-    for key, env in (("before", BASELINE_ENV), ("candidate", CANDIDATE_ENV)):
-        path = os.environ.get(env)
+    named = [("before", os.environ.get(BASELINE_ENV, ""))]
+    candidates = [p for p in os.environ.get(CANDIDATE_ENV, "").split(os.pathsep) if p]
+    named += [(f"candidate {i + 1}" if len(candidates) > 1 else "candidate", p) for i, p in enumerate(candidates)]
+    for key, path in named:
         if path:
             if not os.path.isfile(os.path.join(path, "server", "app.py")):
-                raise RuntimeError(f"{env}={path} is not a gradwire checkout (no server/app.py)")
+                env = BASELINE_ENV if key == "before" else CANDIDATE_ENV
+                raise RuntimeError(f"{env}: {path} is not a gradwire checkout (no server/app.py)")
             out[key] = path
     return out
 
@@ -331,8 +336,8 @@ def aio_latency(cfg: Config) -> list[Row]:
                             target=AIO_LATENCY_TARGET if judged else None,
                             passed=(r <= AIO_LATENCY_TARGET if gate else None) if judged else None,
                             notes=notes, server_module=servers[key].module, samples_ms=ms_list(samples[name])))
-    for key in ("before", "candidate"):
-        if key not in trees:
+    for key in trees:
+        if key == "after":
             continue
         for kind, suffix in (("SDK", ""), ("bare stub", "_raw")):
             a, b = f"after{suffix}", f"{key}{suffix}"
