@@ -161,13 +161,15 @@ class RayBackend:
 
         def abandon(exc: BaseException):
             for ref in inflight:
-                ray.cancel(ref)  # a queued task never starts; a running one stops at its next node
+                ray.cancel(ref)  # flags the task: running, it stops at its next node; queued, as it starts
             raise exc
 
         def ended() -> DeadlineExceeded:
             return DeadlineExceeded("the call ended (deadline or cancellation); outstanding shards cancelled")
 
         while pending or inflight:
+            if cancel.cancelled:  # e.g. the call ended while its request was decoded: start nothing
+                abandon(ended())
             while pending and idle and job.rows_ready(rows(pending[0])[1]):
                 unit, worker = pending.popleft(), idle.popleft()
                 if unit_refs[unit] is None:
