@@ -583,6 +583,33 @@ def _bad_request_module():
     return module
 
 
+SEED_BUILD_SECONDS = 0.5
+SKIPPED_CASES: dict[str, str] = {}  # bad-request cases left out of the last corpus(), and why
+
+
+class _SlowSeed(Exception):
+    pass
+
+
+def _build_quickly(build):
+    """``build()``, interrupted (``_SlowSeed``) after SEED_BUILD_SECONDS when on the main thread."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return build()
+
+    def on_alarm(signum, frame):
+        raise _SlowSeed
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, SEED_BUILD_SECONDS)
+    try:
+        return build()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 _METHOD_KINDS = {"ValueAndGrad": "Compute", "Compute": "Compute", "RegisterGraph": "RegisterGraph",
                  "CreateSession": "CreateSession", "UpdateSession": "CreateSession", "SubmitJob": "SubmitJob"}
 
@@ -593,15 +620,21 @@ def corpus() -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
     convert = Mutator(random.Random(0))
     bad = _bad_request_module()
+    SKIPPED_CASES.clear()
     for case in (bad.CASES if bad is not None else []):
         kind = _METHOD_KINDS.get(case.method)
-        # cases that need a live server's state (build(stub)), and lru-cached builders, which
-        # make requests of many MB (over MAX_LEN: a seed that large would slow every mutation)
-        if kind is None or getattr(case, "with_stub", False) or hasattr(case.build, "cache_info"):
+        if kind is None:
+            continue
+        if getattr(case, "with_stub", False):
+            SKIPPED_CASES[case.id] = "needs a live server's state"
             continue
         try:
-            built = case.build()
-        except Exception:  # noqa: BLE001
+            built = _build_quickly(case.build)
+        except _SlowSeed:  # a request of many MB (over MAX_LEN anyway): not worth seconds at every start
+            SKIPPED_CASES[case.id] = f"builds for more than {SEED_BUILD_SECONDS:g} s"
+            continue
+        except Exception as exc:  # noqa: BLE001
+            SKIPPED_CASES[case.id] = f"build failed: {type(exc).__name__}: {exc}"
             continue
         messages = list(built) if isinstance(built, list) else [built]
         raw = [m if isinstance(m, (bytes, bytearray)) else m.SerializeToString() for m in messages]
@@ -734,6 +767,9 @@ class Mutator:
         self.rng = rng
         self.names: list[str] = []
         self.graphs: dict[str, object] = {}  # graph id -> graph, of graphs seen inline (for by-id requests)
+        self.op = ""
+        self.applied: collections.Counter = collections.Counter()  # mutation -> times it ran
+        self.failed: collections.Counter = collections.Counter()  # mutation -> times it raised (a bug here)
 
     # ------------------------------------------------------------ entry points
 
@@ -750,8 +786,9 @@ class Mutator:
         for _ in range(r.choice((1, 1, 1, 2, 2, 3, 4))):
             try:
                 kind, framed, messages = self._one(kind, framed, messages)
-            except Exception:  # noqa: BLE001 - a mutation that does not apply (e.g. a value out of range)
-                pass
+                self.applied[self.op] += 1
+            except (ValueError, TypeError, IndexError, KeyError) as exc:  # a value out of a field's range, ...
+                self.failed[f"{self.op} {type(exc).__name__}"] += 1
         out = pack(kind, [m.SerializeToString() for m in messages], framed)
         if len(out) > max_size:
             return self._bytes(data, max_size)
@@ -788,8 +825,8 @@ class Mutator:
         r = self.rng
         self.names = _strings_in(messages)
         self._remember_graphs(messages)
-        op = r.choices(("field", "graph", "conform", "tensor", "header", "stream", "convert", "framed"),
-                       (34, 22, 10, 14, 10, 5, 3, 2))[0]
+        op = self.op = r.choices(("field", "graph", "conform", "tensor", "header", "stream", "convert", "framed"),
+                                 (34, 22, 10, 14, 10, 5, 3, 2))[0]
         if not messages:
             messages = [request_class(kind)()]
         if op == "field":
@@ -827,7 +864,7 @@ class Mutator:
         f = r.choice(present) if present and r.random() < 0.7 else r.choice(fields)
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
             self._map(msg, f)
-        elif f.label == f.LABEL_REPEATED:
+        elif f.is_repeated:
             self._repeated(msg, f, depth)
         elif f.message_type is not None:
             if _present(msg, f) and r.random() < 0.85 and depth < 8:
@@ -1138,8 +1175,8 @@ class Mutator:
 
     def _header(self, kind, messages) -> None:
         r = self.rng
-        head = next((m for m in messages if m.HasField("header")), None)
-        if kind == "RegisterGraph" or head is None:
+        head = None if kind == "RegisterGraph" else next((m for m in messages if m.HasField("header")), None)
+        if head is None:
             self._field(r.choice(messages))
             return
         h = head.header
@@ -1276,7 +1313,7 @@ class Mutator:
 
 
 def _present(msg, f) -> bool:
-    if f.label == f.LABEL_REPEATED:
+    if f.is_repeated:
         return len(getattr(msg, f.name)) > 0
     if f.message_type is not None or f.containing_oneof is not None:
         return msg.HasField(f.name)
@@ -1494,6 +1531,8 @@ def _worker_main(args) -> int:
     engine = args.engine
     if engine == "replay":
         return _replay(worker, args)
+    if engine == "minimize":
+        return _minimize(worker, args)
     seeds = seed_corpus()
     if engine == "atheris":
         return _run_atheris(worker, seeds, args)
@@ -1518,6 +1557,94 @@ def _replay(worker: Worker, args) -> int:
     report["results"] = results
     Path(args.report).write_text(json.dumps(report, indent=1))
     os._exit(0)
+
+
+def _minimize(worker: Worker, args) -> int:
+    """The smallest input (greedy: drop messages, list items and fields, halve strings) that
+    breaks the property the same way as the given one (same violation, kind, status and
+    deepest frame)."""
+    (h,) = _replay_inputs(args.replay)[:1]
+    data = bytes.fromhex(h)
+
+    def verdict(candidate: bytes):
+        try:
+            worker.target.run(candidate)
+        except Violation as v:
+            last = [line.strip() for line in v.record["detail"].splitlines() if line.strip().startswith("File ")][-1:]
+            return (v.record["what"], v.record["kind"], v.record["status"], tuple(last))
+        return None
+
+    wanted = verdict(data)
+    if wanted is None:
+        Path(args.report).write_text(json.dumps({"results": [], "error": "the input breaks nothing"}))
+        os._exit(0)
+    tries, deadline = 0, time.monotonic() + args.seconds
+    improved = True
+    while improved and time.monotonic() < deadline:
+        improved = False
+        for candidate in _reductions(data):
+            if time.monotonic() >= deadline:
+                break
+            tries += 1
+            if len(candidate) < len(data) and verdict(candidate) == wanted:
+                data, improved = candidate, True
+                break
+    result = {"hex": data.hex(), "kind": wanted[1], "status": wanted[2], "violation": wanted[0],
+              "frame": " ".join(wanted[3]), "tries": tries, "bytes": len(data)}
+    Path(args.report).write_text(json.dumps({"results": [result]}))
+    os._exit(0)
+
+
+def _reductions(data: bytes):
+    """Inputs one edit smaller than ``data``."""
+    kind, framed, raw = unpack(data)
+    if framed:
+        yield pack(kind, raw, False)
+    try:
+        messages = [request_class(kind).FromString(m) for m in raw]
+    except Exception:  # noqa: BLE001 - not protobuf: cut bytes
+        for size in (len(raw[0]) // 2, len(raw[0]) - 1):
+            yield pack(kind, [raw[0][:size]], framed)
+        return
+    if kind in STREAMING:
+        for i in range(len(messages)):
+            yield pack(kind, raw[:i] + raw[i + 1:], framed)
+    for i, message in enumerate(messages):
+        for edit in _edits(message):
+            copy = type(message)()
+            copy.CopyFrom(message)
+            try:
+                edit(copy)
+            except Exception:  # noqa: BLE001
+                continue
+            yield pack(kind, raw[:i] + [copy.SerializeToString()] + raw[i + 1:], framed)
+
+
+def _edits(message, path=()):
+    """Edits (functions of a copy of the root message), each removing one piece of it."""
+    def at(root):
+        for name, index in path:
+            root = getattr(root, name) if index is None else getattr(root, name)[index]
+        return root
+
+    for f, value in message.ListFields():
+        name = f.name
+        if f.is_repeated:
+            if f.message_type is not None and f.message_type.GetOptions().map_entry:
+                for key in list(value.keys()):
+                    yield lambda root, n=name, k=key: getattr(at(root), n).__delitem__(k)
+                continue
+            for i in range(len(value)):
+                yield lambda root, n=name, i=i: getattr(at(root), n).__delitem__(i)
+            if f.message_type is not None:
+                for i in range(len(value)):
+                    yield from _edits(value[i], path + ((name, i),))
+        else:
+            yield lambda root, n=name: at(root).ClearField(n)
+            if f.message_type is not None:
+                yield from _edits(value, path + ((name, None),))
+            elif f.type in (f.TYPE_STRING, f.TYPE_BYTES) and len(value) > 1:
+                yield lambda root, n=name: setattr(at(root), n, getattr(at(root), n)[: len(getattr(at(root), n)) // 2])
 
 
 def _finish(worker: Worker, engine: str) -> None:
@@ -1630,7 +1757,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=float(os.environ.get("GRADWIRE_FUZZ_SECONDS", 30)),
                    help="time budget per worker (default $GRADWIRE_FUZZ_SECONDS or 30)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (seeds seed, seed+1, ...)")
-    p.add_argument("--engine", choices=("auto", "atheris", "hypothesis", "replay"), default="auto")
+    p.add_argument("--engine", choices=("auto", "atheris", "hypothesis", "replay", "minimize"), default="auto")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rss-mb", type=float, default=1024.0, help="peak RSS a worker may reach (MB)")
     p.add_argument("--as-mb", type=int, default=6144, help="RLIMIT_AS of a worker (MiB; 0: none)")
@@ -1643,6 +1770,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", nargs="+", metavar="HEX", default=None,
                    help="run these inputs once each (hex; 'known' adds every known bug's inputs, @PATH the "
                         "inputs of a file, one hex a line) and report")
+    p.add_argument("--minimize", metavar="HEX", default=None,
+                   help="shrink this input (for --seconds) while it breaks the property the same way")
     p.add_argument("--workdir", default="", help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work directories (corpus, artifacts)")
     return p
@@ -1651,7 +1780,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     engine = args.engine
-    if args.replay:
+    if args.replay or args.minimize:
         return _replay_main(args)
     if engine == "auto":
         engine = "atheris" if importlib.util.find_spec("atheris") else "hypothesis"
@@ -1679,6 +1808,7 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
         reports.append(_collect(proc.returncode, workdir, usage))
     summary = _merge(reports, engine, time.monotonic() - started)
+    summary["rss_cap_mb"], summary["as_cap_mb"] = args.rss_mb, args.as_mb
     text = json.dumps(summary, indent=1)
     if args.report:
         Path(args.report).write_text(text)
@@ -1703,14 +1833,15 @@ def _replay_inputs(items: list[str]) -> list[str]:
 
 
 def _replay_main(args) -> int:
-    inputs = _replay_inputs(args.replay)
+    inputs = _replay_inputs([args.minimize] if args.minimize else args.replay)
     workdir = Path(tempfile.mkdtemp(prefix="gradwire-fuzz-replay-"))
     report = workdir / "report.json"
     (workdir / "inputs.txt").write_text("\n".join(inputs) + "\n")
-    child = ["--workdir", str(workdir), "--report", str(report), "--engine", "replay", "--replay",
-             f"@{workdir / 'inputs.txt'}"]
+    engine = "minimize" if args.minimize else "replay"
+    child = ["--workdir", str(workdir), "--report", str(report), "--engine", engine, "--replay",
+             f"@{workdir / 'inputs.txt'}", "--seconds", str(args.seconds if args.minimize else 30)]
     with open(workdir / "log.txt", "wb") as log:
-        code = subprocess.call([sys.executable, "-c", _BOOTSTRAP, "replay", *child], cwd=workdir,
+        code = subprocess.call([sys.executable, "-c", _BOOTSTRAP, engine, *child], cwd=workdir,
                                stdout=log, stderr=subprocess.STDOUT)
     if not report.exists():
         print((workdir / "log.txt").read_text(errors="replace")[-4000:])
