@@ -354,6 +354,8 @@ class Target:
             raise Violation("escaped", data, kind, "UNKNOWN", traceback.format_exc()) from None
         elapsed = time.monotonic() - started
         self.last_details = details
+        if elapsed > self.hang_seconds:  # inline work cannot be interrupted by wait_for: judged after
+            raise Violation("hang", data, kind, status, f"answered after {elapsed:.1f} s (limit {self.hang_seconds:g} s)")
 
         if response is not None:
             try:
@@ -1839,7 +1841,9 @@ def _replay_main(args) -> int:
     (workdir / "inputs.txt").write_text("\n".join(inputs) + "\n")
     engine = "minimize" if args.minimize else "replay"
     child = ["--workdir", str(workdir), "--report", str(report), "--engine", engine, "--replay",
-             f"@{workdir / 'inputs.txt'}", "--seconds", str(args.seconds if args.minimize else 30)]
+             f"@{workdir / 'inputs.txt'}", "--seconds", str(args.seconds if args.minimize else 30),
+             "--hang-seconds", str(args.hang_seconds), "--hard-seconds", str(args.hard_seconds),
+             "--rss-mb", str(args.rss_mb), "--as-mb", str(args.as_mb)]
     with open(workdir / "log.txt", "wb") as log:
         code = subprocess.call([sys.executable, "-c", _BOOTSTRAP, engine, *child], cwd=workdir,
                                stdout=log, stderr=subprocess.STDOUT)
