@@ -129,12 +129,13 @@ def test_known_bug(replayed, bug, request):
 
 
 @pytest.mark.xfail(strict=False, reason=f"reported bug {fuzz.LONG_DETAILS_BUG['name']}: {fuzz.LONG_DETAILS_BUG['summary']}")
-def test_long_status_details_reach_the_client(start_server):
+@pytest.mark.parametrize("char,count", fuzz.LONG_DETAILS_BUG["op_names"])
+def test_long_status_details_reach_the_client(start_server, char, count):
     """On the wire: the server's INVALID_ARGUMENT must reach a client whatever names a request uses."""
     from gradwire.protos import gradwire_pb2 as pb
 
     _, address = start_server()
-    graph = pb.Graph(nodes=[pb.Node(name="a", op="x" * fuzz.LONG_DETAILS_BUG["op_name_bytes"])], loss="a")
+    graph = pb.Graph(nodes=[pb.Node(name="a", op=char * count)], loss="a")
     with grpc.insecure_channel(address) as channel:
         call = channel.unary_unary("/gradwire.v1.Gradwire/RegisterGraph", request_serializer=None,
                                    response_deserializer=None)
