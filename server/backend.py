@@ -20,7 +20,9 @@ from gradwire.server.store import Registered
 class Job:
     graph: Registered
     params: dict[str, np.ndarray]
-    params_key: str  # identifies this exact parameter set (session id + version, or request id)
+    # a server-made key for a parameter set that later requests reuse (a session's id@version);
+    # None: this request's own parameters, cached nowhere. Never a client-chosen id.
+    params_key: str | None
     batch: dict[str, np.ndarray]
     wrt: tuple[str, ...] | None
     fetch: tuple[str, ...]

@@ -20,6 +20,7 @@ import stat
 import threading
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,10 +72,17 @@ def load_dataset(path: str) -> dict[str, np.ndarray]:
             if not files:
                 raise ValueError("the directory holds no .npy files")
             return {f.stem: np.load(_regular_file(f), mmap_mode="r", allow_pickle=False) for f in files}
-        with np.load(_regular_file(path), allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as exc:
+        loaded = np.load(_regular_file(path), allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            raise ValueError("a bare .npy holds one unnamed array; give a .npz or a directory of NAME.npy files")
+        with loaded as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise GraphError(f"cannot read dataset {path!r}: {exc}") from None
+    not_arrays = sorted(name for name, value in arrays.items() if not isinstance(value, np.ndarray))
+    if not_arrays:  # np.load hands out a member that is no .npy file as raw bytes
+        raise GraphError(f"cannot read dataset {path!r}: member(s) {not_arrays} are not .npy arrays")
+    return arrays
 
 
 def save_dataset(directory: Path, data: dict[str, np.ndarray]) -> None:
@@ -340,7 +348,7 @@ class JobManager:
                 order = np.random.default_rng([spec.seed, epoch]).permutation(run.n_examples)
                 rows = np.sort(order[index * spec.batch_size:(index + 1) * spec.batch_size])
                 batch = {k: np.ascontiguousarray(v[rows]) for k, v in run.data.items()}
-                job = Job(run.reg, run.params, f"{spec.job_id}@{run.step}", batch, None, (), spec.shards,
+                job = Job(run.reg, run.params, None, batch, None, (), spec.shards,  # a step's params are used once
                           self.check_finite)
                 outcome = self._step(job, run)
                 run.params, run.opt_state = optimizer.update(run.params, outcome.result.grads, run.opt_state)

@@ -88,7 +88,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             log.error("request=%s internal error", call.request_id, exc_info=exc)
             message = f"internal error ({type(exc).__name__}); request id {call.request_id}"
         else:
-            message = str(exc)
+            message = _clipped(str(exc))
         call.log(code.name)
         return code, message
 
@@ -338,6 +338,16 @@ def list_ops() -> pb.ListOpsResponse:
                                      default="" if a.required else repr(a.default)) for k, a in op.attrs.items()])
         for op in OPS.values()
     ])
+
+
+MAX_STATUS_MESSAGE = 2000  # characters; gRPC drops a status whose metadata exceeds 8 KiB
+
+
+def _clipped(message: str) -> str:
+    """Messages quote client-chosen names: keep them short enough to reach the client."""
+    if len(message) <= MAX_STATUS_MESSAGE:
+        return message
+    return f"{message[:MAX_STATUS_MESSAGE]}... ({len(message) - MAX_STATUS_MESSAGE} more characters)"
 
 
 def _ended_status(context) -> str:

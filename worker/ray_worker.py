@@ -85,7 +85,7 @@ class ShardWorker:
     def _run_shards(self, cancel: CancelToken, graph_id, graph_ref, params_key, params_ref, batch, bounds,
                     weights, wrt, fetch, check_finite, limits, reuse) -> tuple[Result, list[dict]]:
         cancel.check()  # cancelled while it was queued, or the deadline passed on the way
-        program = self._programs.get_or_make(graph_id, lambda: Program(graph_from_bytes(_resolve(graph_ref[0])), limits))
+        program = self._programs.get_or_make(graph_id, lambda: Program(graph_from_bytes(_resolve(graph_ref[0]), limits), limits))
         cache = self._params if reuse else self._one_shot
         params = cache.get_or_make(params_key, lambda: _resolve(params_ref[0]))
         base = bounds[0][0]

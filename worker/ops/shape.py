@@ -136,7 +136,7 @@ def _reshape_batch(ins, specs, out, shape):
     if b.reduced:
         return b
     rest, target = s.shape[1:], tuple(shape)[1:]
-    if b.axis == 0 and shape[0] == -1 and None not in rest and num_elements(rest) == num_elements(target):
+    if b.axis == 0 and shape and shape[0] == -1 and None not in rest and num_elements(rest) == num_elements(target):
         return b
     return batching.coupled("reshapes across the batch axis")
 
