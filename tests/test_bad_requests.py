@@ -4,6 +4,7 @@ good request. Raw stubs and hand-built messages reach what the SDK would refuse 
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -19,7 +20,7 @@ import gradwire as gw
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.protos import gradwire_pb2_grpc as pb_grpc
 from gradwire.server.backend import LocalBackend
-from gradwire.worker.codec import graph_to_proto, stream_messages, tensor_chunks
+from gradwire.worker.codec import Assembler, graph_id_of_proto, graph_to_proto, stream_messages, tensor_chunks
 from gradwire.worker.graph import GraphDef, Node
 from gradwire.worker.spec import TensorSpec
 
@@ -59,8 +60,12 @@ GOOD_BATCH = [_whole("x", X)]
 
 
 def _graph(edit: Callable[[pb.Graph], None]) -> pb.Graph:
+    return _graph_of(BASE, edit)
+
+
+def _graph_of(base: pb.Graph, edit: Callable[[pb.Graph], None]) -> pb.Graph:
     g = pb.Graph()
-    g.CopyFrom(BASE)
+    g.CopyFrom(base)
     edit(g)
     return g
 
@@ -91,6 +96,10 @@ class Case:
     says: tuple[str, ...]  # substrings of the status message
     method: str = "ValueAndGrad"
     server: dict = field(default_factory=dict)
+    timeout: float = 30  # seconds: a request the server chews on for ever fails as DEADLINE_EXCEEDED
+    # build(stub) -> (request, more fragments): for requests that need server state first (a session)
+    with_stub: bool = False
+    xfail: str = ""  # a known server bug: the case is expected to fail (strictly) until it is fixed
 
 
 def _set_param_spec(g: pb.Graph, name: str, dtype=pb.FLOAT32, shape=()):
@@ -129,6 +138,140 @@ def _bool_graph() -> pb.Graph:
 
 BOOL_GRAPH = _bool_graph()
 SCE_GRAPH = _sce_graph()
+
+# ---- the hostile requests: ranks, hidden huge dims, estimates, jobs, sessions, raw bytes
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Gradwire"]
+RANK_65 = [1] * 65
+HUGE_BUT_EMPTY = (2**32, 2**32, 0)
+GiB = 1 << 30
+
+
+def _proto(nodes, params=None, inputs=None, loss="l", batch_reduction="mean") -> pb.Graph:
+    return graph_to_proto(GraphDef(inputs=inputs or {}, params=params or {}, nodes=list(nodes), loss=loss,
+                                   batch_reduction=batch_reduction))
+
+
+def _reshaped(shape) -> pb.Graph:
+    """sum(reshape(w, shape)) of a float32 parameter w of shape (3,): no batch input."""
+    return _proto([Node("r", "reshape", ("w",), {"shape": list(shape)}), Node("l", "sum", ("r",))],
+                  params={"w": TensorSpec((3,), F32)})
+
+
+def _concat_doublings(n=31) -> pb.Graph:
+    """A float64 scalar reshaped to [1], then concat(v, v) ``n`` times: an ~830-byte request
+    whose last value holds 2**31 float64 (16 GiB)."""
+    nodes, prev = [Node("r", "reshape", ("p",), {"shape": [1]})], "r"
+    for i in range(n):
+        nodes.append(Node(f"c{i}", "concat", (prev, prev)))
+        prev = f"c{i}"
+    return _proto(nodes + [Node("l", "sum", (prev,))], params={"p": TensorSpec((), np.dtype("float64"))})
+
+
+def _broadcast_exp() -> pb.Graph:
+    """exp(broadcast_to(p, [2**14, 2**14])): a ~100-byte request that would hold 2 GiB."""
+    return _proto([Node("b", "broadcast_to", ("p",), {"shape": [2**14, 2**14]}), Node("e", "exp", ("b",)),
+                   Node("l", "sum", ("e",))], params={"p": TensorSpec((), F32)})
+
+
+def _matmul_graph(n=200) -> pb.Graph:
+    """sum(a @ b) of two (n, n) float32 parameters: 6 n**3 FLOPs forward and backward."""
+    return _proto([Node("mm", "matmul", ("a", "b")), Node("l", "sum", ("mm",))],
+                  params={"a": TensorSpec((n, n), F32), "b": TensorSpec((n, n), F32)})
+
+
+MATMUL_PARAMS = [_whole("a", np.eye(200, dtype=np.float32)), _whole("b", np.eye(200, dtype=np.float32))]
+# a parameter of 2**29 float32 (2 GiB), declared by a first chunk of 8 bytes
+BIG_GRAPH = _proto([Node("l", "sum", ("big",))], params={"big": TensorSpec((2**29,), F32)})
+BIG_DECLARED = [_chunk("big", shape=(2**29,), data=b"\0" * 8)]
+
+
+def _other_graph() -> pb.Graph:
+    """BASE's sources under another loss: another graph id, the same parameters."""
+    g = gw.Graph()
+    x, w, b = g.input("x", (None, 3)), g.param("w", (3,)), g.param("b", (3,))
+    g.set_loss(gw.sum(gw.tanh(x * w + b)), batch_reduction="sum")
+    return graph_to_proto(g.graph_def)
+
+
+OTHER = _other_graph()
+BASE_ID, OTHER_ID = graph_id_of_proto(BASE), graph_id_of_proto(OTHER)
+
+
+def _session_naming_another_graph(stub, inline: bool):
+    """A Compute request of a session on BASE that names OTHER (inline, or by its registered id)."""
+    info = stub.CreateSession(iter([pb.SessionRequest(header=pb.SessionHeader(graph=BASE), params=GOOD_PARAMS)]),
+                              timeout=30)
+    if inline:
+        header = pb.ComputeHeader(session_id=info.session_id, graph=OTHER)
+    else:
+        assert stub.RegisterGraph(_register(OTHER), timeout=30).graph_id == OTHER_ID
+        header = pb.ComputeHeader(session_id=info.session_id, graph_id=OTHER_ID)
+    return [pb.ComputeRequest(header=header, batch=GOOD_BATCH)], (f"session {info.session_id!r}",)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _many_nodes(n=2_500_000) -> bytes:
+    """A serialized RegisterGraphRequest of a graph whose only fault is its size: ``n`` nodes
+    n0, n1, ... each sum(x), the loss n0 (~48 MB, under the 64 MiB message limit). Written by
+    hand: repeated fields concatenate on the wire, and 2.5M protobuf messages take long to build."""
+    def node(i):
+        name = b"n%d" % i
+        body = b"\x0a" + bytes([len(name)]) + name + b"\x12\x03sum\x1a\x01x"  # name, op, inputs
+        return b"\x22" + bytes([len(body)]) + body  # Graph.nodes (field 4)
+    head = pb.Graph(params=[pb.NamedSpec(name="x", spec=pb.TensorSpec(dtype=pb.FLOAT32, shape=[3]))], loss="n0",
+                    batch_reduction="sum")
+    graph = head.SerializeToString() + b"".join(map(node, range(n)))
+    return b"\x0a" + _varint(len(graph)) + graph  # RegisterGraphRequest.graph (field 1)
+
+
+def _job(optimizer='{"name": "sgd", "lr": 0.1}', graph=BASE, params=None, data=None, epochs=1,
+         batch_size=4) -> list[pb.JobRequest]:
+    header = pb.JobHeader(graph=graph, optimizer_json=optimizer, batch_size=batch_size, epochs=epochs)
+    return [pb.JobRequest(header=header, params=GOOD_PARAMS if params is None else params,
+                          data=GOOD_BATCH if data is None else data)]
+
+
+# request bytes protobuf refuses to parse, by request type: a string field (a graph id, a
+# session or job id, the loss name) holding bytes that are not UTF-8, and bytes cut short
+_NON_UTF8 = {
+    "RegisterGraphRequest": pb.RegisterGraphRequest(graph=pb.Graph(loss="@@")),
+    "ComputeRequest": pb.ComputeRequest(header=pb.ComputeHeader(graph_id="@@")),
+    "SessionRequest": pb.SessionRequest(header=pb.SessionHeader(graph_id="@@")),
+    "SessionRef": pb.SessionRef(session_id="@@"),
+    "JobRequest": pb.JobRequest(header=pb.JobHeader(graph_id="@@")),
+    "WatchJobRequest": pb.WatchJobRequest(job_id="@@"),
+    "JobRef": pb.JobRef(job_id="@@"),
+}
+
+
+# handlers that never read their (empty) request message, so the lenient decoder's stand-in
+# for malformed bytes never raises: the call succeeds
+_IGNORES_ITS_REQUEST = {
+    name: f"server bug: {name} answers OK to malformed request bytes (its handler never reads the request)"
+    for name in ("ListOps", "ListJobs")}
+
+
+def _garbage_cases() -> list[Case]:
+    cases = []
+    for m in SERVICE.methods:
+        payloads = {"truncated": b"\x0a\x10abc"}  # field 1, 16 bytes long, 3 there
+        if m.input_type.name in _NON_UTF8:
+            payloads["non-utf8"] = _NON_UTF8[m.input_type.name].SerializeToString().replace(b"@@", b"\xff\xfe")
+        for kind, payload in payloads.items():
+            cases.append(Case(f"garbage-{kind}-{m.name}", lambda p=payload, s=m.client_streaming: [p] if s else p,
+                              INVALID, (f"malformed {m.input_type.name} message",), method=m.name,
+                              xfail=_IGNORES_ITS_REQUEST.get(m.name, "")))
+    return cases
+
 
 CASES = [
     # ---- tensor bytes
@@ -249,6 +392,111 @@ CASES = [
          EXHAUSTED, ("'x'", "(400, 3)", "1200", "limit is 1000"), server={"max_tensor_elements": 1000}),
     Case("too-many-nodes", lambda: _register(_graph(lambda g: g.nodes.add(name="extra", op="relu", inputs=["relu"]))),
          EXHAUSTED, ("6 nodes", "limit is 5"), method="RegisterGraph", server={"max_nodes": 5}),
+    # ---- ranks above NumPy's 64: refused while decoding, not inside NumPy at run time
+    Case("rank-65-batch-chunk", lambda: _compute(batch=[_chunk("x", shape=RANK_65, data=b"\0" * 4)]),
+         EXHAUSTED, ("batch tensor 'x'", "shape of rank 65", "the limit is 64")),
+    Case("rank-65-param-spec", lambda: _register(_graph(lambda g: _set_param_spec(g, "w", shape=RANK_65))),
+         EXHAUSTED, ("parameter 'w'", "shape of rank 65", "the limit is 64"), method="RegisterGraph"),
+    Case("rank-65-constant", lambda: _register(_graph(lambda g: g.constants.add(
+        name="c", tensor=pb.Tensor(dtype=pb.FLOAT32, shape=RANK_65, data=b"\0" * 4)))),
+         EXHAUSTED, ("constant 'c'", "shape of rank 65", "the limit is 64"), method="RegisterGraph"),
+    Case("rank-65-reshape", lambda: _compute(_reshaped([1] * 62 + [3, 1, 1]), params=[_whole("w", W)], batch=[]),
+         EXHAUSTED, ("node 'r'", "op 'reshape'", "'shape' lists 65 entries", "at most 64 dimensions")),
+    Case("rank-65-reshape-register", lambda: _register(_reshaped([1] * 62 + [3, 1, 1])),
+         EXHAUSTED, ("node 'r'", "op 'reshape'", "'shape' lists 65 entries", "at most 64 dimensions"),
+         method="RegisterGraph"),
+    # inferring it was quadratic in the rank: the call must end, refused, well within its timeout
+    Case("reshape-to-rank-a-million", lambda: _compute(_reshaped([1] * 999_999 + [3]), params=[_whole("w", W)],
+                                                       batch=[]),
+         EXHAUSTED, ("node 'r'", "op 'reshape'", "'shape' lists 1000000 entries", "at most 64 dimensions"),
+         timeout=10),
+    # ---- a zero in the shape hides huge dims from the element count
+    Case("huge-dims-zero-product-chunk", lambda: _compute(batch=[_chunk("x", shape=HUGE_BUT_EMPTY)]),
+         EXHAUSTED, ("batch tensor 'x'", "(4294967296, 4294967296, 0)", "dimension of 4294967296",
+                     "the limit is 2147483648")),
+    Case("huge-dims-zero-product-spec",
+         lambda: _register(_graph(lambda g: _set_param_spec(g, "w", shape=HUGE_BUT_EMPTY))),
+         EXHAUSTED, ("'w'", "[4294967296, 4294967296, 0]", "dimension of 4294967296", "the limit is 2147483648"),
+         method="RegisterGraph"),
+    Case("huge-dims-zero-product-constant", lambda: _register(_graph(lambda g: g.constants.add(
+        name="c", tensor=pb.Tensor(dtype=pb.FLOAT32, shape=HUGE_BUT_EMPTY)))),
+         EXHAUSTED, ("constant 'c'", "(4294967296, 4294967296, 0)", "dimension of 4294967296"),
+         method="RegisterGraph"),
+    # ---- sources
+    Case("input-and-param-same-name", lambda: _compute(_graph(lambda g: g.params.add(
+        name="x", spec=pb.TensorSpec(dtype=pb.FLOAT32, shape=[3]))), params=GOOD_PARAMS + [_whole("x", W)]),
+         INVALID, ("parameter 'x'", "same name as a batch input")),
+    Case("constant-and-param-same-name", lambda: _register(_graph(lambda g: g.constants.add(
+        name="w", tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[3], data=W.tobytes())))),
+         INVALID, ("constant 'w'", "same name as a parameter"), method="RegisterGraph"),
+    Case("param-spec-with-unknown-dim", lambda: _register(_graph(lambda g: _set_param_spec(g, "w", shape=[-1]))),
+         INVALID, ("parameter 'w'", "float32[?]", "unknown (-1) dimension", "static shape"), method="RegisterGraph"),
+    # ---- the graph's size, refused on the message
+    Case("2.5M-node-graph", _many_nodes, EXHAUSTED,
+         ("graph has 2500000 nodes", "the limit is 100000", "refused before decoding"), method="RegisterGraph"),
+    # ---- admission estimates: tiny requests whose runs would not fit
+    Case("concat-doublings", lambda: _compute(_concat_doublings(), params=[_whole("p", np.zeros(()))], batch=[]),
+         EXHAUSTED, ("request needs an estimated", "GB of memory at its peak", "node 'c30', op 'concat'",
+                     "the limit is 8.6 GB"),
+         server={"max_tensor_elements": 2**40, "max_request_memory": 8 * GiB}),
+    Case("broadcast-then-exp", lambda: _compute(_broadcast_exp(), params=[_whole("p", np.float32(0.5))], batch=[]),
+         EXHAUSTED, ("request needs an estimated", "of memory at its peak", "node 'e', op 'exp'",
+                     "the limit is 268.4 MB"), server={"max_request_memory": 256 << 20}),
+    Case("over-the-flops-limit", lambda: _compute(_matmul_graph(), params=MATMUL_PARAMS, batch=[]),
+         EXHAUSTED, ("request needs an estimated", "floating-point operations", "the limit is 1e+07"),
+         server={"max_request_flops": 1e7}),
+    Case("over-the-flops-limit-register", lambda: _register(_matmul_graph()),
+         EXHAUSTED, ("request needs an estimated", "floating-point operations", "the limit is 1e+07"),
+         method="RegisterGraph", server={"max_request_flops": 1e7}),
+    # ---- the memory budget: declared tensors are charged before their bytes arrive
+    Case("2GiB-param-over-the-memory-budget", lambda: [pb.ComputeRequest(
+        header=pb.ComputeHeader(graph=BIG_GRAPH), params=BIG_DECLARED)],
+         EXHAUSTED, ("'big'", "2.1 GB", "memory budget is 1.1 GB", "--memory-budget"), server={"memory_budget": GiB}),
+    Case("2GiB-session-param-over-the-memory-budget", lambda: [pb.SessionRequest(
+        header=pb.SessionHeader(graph=BIG_GRAPH), params=BIG_DECLARED)],
+         EXHAUSTED, ("'big'", "2.1 GB", "memory budget is 1.1 GB", "--memory-budget"), method="CreateSession",
+         server={"memory_budget": GiB}),
+    # ---- sessions
+    Case("session-naming-another-graph-id", functools.partial(_session_naming_another_graph, inline=False),
+         INVALID, (BASE_ID, OTHER_ID), with_stub=True),
+    Case("session-naming-another-graph-inline", functools.partial(_session_naming_another_graph, inline=True),
+         INVALID, (BASE_ID, OTHER_ID), with_stub=True),
+    # ---- the declared batch reduction against the loss
+    Case("sum-loss-declared-mean", lambda: _compute(_graph(lambda g: setattr(g, "batch_reduction", "mean"))),
+         INVALID, ("sum over the batch", "node 'loss', op 'sum'", "batch_reduction='mean'", "declare 'sum'")),
+    Case("mean-loss-declared-sum", lambda: _compute(
+        _graph_of(SCE_GRAPH, lambda g: setattr(g, "batch_reduction", "sum")),
+        params=[_whole("w", np.ones((3, 5), np.float32))], batch=[_whole("x", X), _whole("y", np.zeros(4, np.int64))]),
+         INVALID, ("mean over the batch", "node 'xent', op 'softmax_cross_entropy'", "batch_reduction='sum'",
+                   "declare 'mean'")),
+    Case("sum-loss-declared-mean-register", lambda: _register(_graph(lambda g: setattr(g, "batch_reduction", "mean"))),
+         INVALID, ("sum over the batch", "node 'loss', op 'sum'", "declare 'sum'"), method="RegisterGraph"),
+    # ---- training jobs
+    Case("job-optimizer-nested-100000-deep",
+         lambda: _job('{"name": "sgd", "lr": 0.1, "momentum": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+         INVALID, ("optimizer", "config of 200040 bytes", "the limit is 65536"), method="SubmitJob"),
+    Case("job-optimizer-nested-too-deeply", lambda: _job("[" * 20_000 + "]" * 20_000),
+         INVALID, ("optimizer", "nested too deeply"), method="SubmitJob"),
+    # two faults: the first found (lr is missing) is named; the wrong momentum once lr is given
+    Case("job-optimizer-momentum-not-a-number", lambda: _job('{"name": "sgd", "momentum": "x"}'),
+         INVALID, ("optimizer: sgd: lr is required",), method="SubmitJob"),
+    Case("job-optimizer-momentum-not-a-number-with-lr", lambda: _job('{"name": "sgd", "lr": 0.1, "momentum": "x"}'),
+         INVALID, ("optimizer", "momentum must be a number", "'x'"), method="SubmitJob"),
+    Case("job-optimizer-lr-infinity", lambda: _job('{"name": "sgd", "lr": Infinity}'),
+         INVALID, ("optimizer", "non-finite number Infinity"), method="SubmitJob"),
+    Case("job-optimizer-negative-lr", lambda: _job('{"name":"sgd","lr":-1}'),
+         INVALID, ("optimizer", "lr must be > 0", "-1"), method="SubmitJob"),
+    Case("job-over-the-step-limit", lambda: _job(epochs=2**32 - 1),
+         EXHAUSTED, ("4294967295 steps", "the limit is 1000", "--max-job-steps"), method="SubmitJob",
+         server={"max_job_steps": 1000}),
+    Case("job-sum-loss-declared-mean", lambda: _job(graph=_graph(lambda g: setattr(g, "batch_reduction", "mean"))),
+         INVALID, ("sum over the batch", "node 'loss', op 'sum'", "declare 'sum'"), method="SubmitJob"),
+    Case("job-2GiB-param-over-the-memory-budget", lambda: [pb.JobRequest(
+        header=pb.JobHeader(graph=BIG_GRAPH, optimizer_json='{"name": "sgd", "lr": 0.1}', batch_size=1, epochs=1),
+        params=BIG_DECLARED)],
+         EXHAUSTED, ("'big'", "2.1 GB", "memory budget is 1.1 GB"), method="SubmitJob", server={"memory_budget": GiB}),
+    # ---- bytes protobuf cannot parse, to every method
+    *_garbage_cases(),
 ]
 
 
@@ -268,9 +516,30 @@ def servers(start_server):
 
 def _call(stub, method: str, request, timeout=30):
     rpc = getattr(stub, method)
-    if method in ("ValueAndGrad", "GetSessionParams"):
-        return list(rpc(iter(request) if isinstance(request, list) else request, timeout=timeout))
-    return rpc(iter(request) if isinstance(request, list) else request, timeout=timeout)
+    out = rpc(iter(request) if isinstance(request, list) else request, timeout=timeout)
+    return list(out) if SERVICE.methods_by_name[method].server_streaming else out
+
+
+def _is_raw(request) -> bool:
+    return isinstance(request, bytes) or isinstance(request, list) and bool(request) and isinstance(request[0], bytes)
+
+
+def _call_raw(channel, method: str, request, timeout=30):
+    """Bytes in, bytes out: what protobuf's serializers would never send."""
+    m = SERVICE.methods_by_name[method]
+    kind = {(False, False): channel.unary_unary, (True, False): channel.stream_unary,
+            (False, True): channel.unary_stream, (True, True): channel.stream_stream}[m.client_streaming,
+                                                                                     m.server_streaming]
+    out = kind(f"/{SERVICE.full_name}/{method}")(iter(request) if m.client_streaming else request, timeout=timeout)
+    return list(out) if m.server_streaming else out
+
+
+def _build(case: Case, stub) -> tuple[object, tuple[str, ...]]:
+    """The case's request and the fragments its answer must hold."""
+    if case.with_stub:
+        request, more = case.build(stub)
+        return request, case.says + more
+    return case.build(), case.says
 
 
 def _assert_good(stub) -> None:
@@ -279,18 +548,58 @@ def _assert_good(stub) -> None:
     assert responses[-1].summary.loss == _expected_good_loss()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def _assert_good_session(stub) -> None:
+    """... and creates a good session, which computes."""
+    info = stub.CreateSession(iter([pb.SessionRequest(header=pb.SessionHeader(graph=BASE), params=GOOD_PARAMS)]),
+                              timeout=30)
+    answer = stub.Compute(pb.ComputeRequest(header=pb.ComputeHeader(session_id=info.session_id), batch=GOOD_BATCH),
+                          timeout=30)
+    assert answer.summary.loss == _expected_good_loss()
+    stub.CloseSession(pb.SessionRef(session_id=info.session_id), timeout=30)
+
+
+def _assert_good_job(stub) -> None:
+    """... and runs a good training job to the end: one SGD step over the whole of X."""
+    info = stub.SubmitJob(iter(_job()), timeout=30)
+    assert info.state in ("queued", "running", "done") and info.total_steps == 1, info
+    events = list(stub.WatchJob(pb.WatchJobRequest(job_id=info.job_id), timeout=30))
+    assert events and events[-1].state == "done", events
+    assembler = Assembler()
+    for message in stub.GetJobResult(pb.JobRef(job_id=info.job_id), timeout=30):
+        for chunk in message.params:
+            assembler.add("params", chunk)
+    _, grads = gw.local().value_and_grad(_base_graph(), {"w": W, "b": B}, {"x": X})
+    got = assembler.result("params")
+    for name, start in (("w", W), ("b", B)):
+        np.testing.assert_allclose(got[name], start - 0.1 * grads[name], rtol=1e-5, atol=1e-6)
+
+
+GOOD_AFTER = {"CreateSession": _assert_good_session, "UpdateSession": _assert_good_session,
+              "SubmitJob": _assert_good_job}
+
+
+def _params(cases: list[Case]) -> list:
+    return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else [])
+            for c in cases]
+
+
+@pytest.mark.parametrize("case", _params(CASES))
 def test_bad_request(servers, case: Case):
     with grpc.insecure_channel(servers(case.server)) as channel:
         stub = pb_grpc.GradwireStub(channel)
+        request, says = _build(case, stub)
         with pytest.raises(grpc.RpcError) as err:
-            _call(stub, case.method, case.build())
+            if _is_raw(request):
+                _call_raw(channel, case.method, request, case.timeout)
+            else:
+                _call(stub, case.method, request, case.timeout)
         assert err.value.code() == case.code, err.value.details()
         details = err.value.details()
-        for fragment in case.says:
+        for fragment in says:
             assert fragment in details, f"{fragment!r} not in {details!r}"
         assert "Traceback" not in details and "internal error" not in details
         _assert_good(stub)
+        GOOD_AFTER.get(case.method, lambda stub: None)(stub)
 
 
 # The SDK sends a small request as one unary Compute message, which the server decodes
@@ -299,15 +608,18 @@ MULTI_MESSAGE = ("empty-stream", "second-header", "unknown-batch-input-in-a-late
 UNARY = [c for c in CASES if c.method == "ValueAndGrad" and c.id not in MULTI_MESSAGE]
 
 
-@pytest.mark.parametrize("case", UNARY, ids=[c.id for c in UNARY])
+@pytest.mark.parametrize("case", _params(UNARY))
 def test_bad_request_as_one_unary_message(servers, case: Case):
-    (request,) = case.build()
     with grpc.insecure_channel(servers(case.server)) as channel:
         stub = pb_grpc.GradwireStub(channel)
+        (request,), says = _build(case, stub)
         with pytest.raises(grpc.RpcError) as err:
-            stub.Compute(request, timeout=30)
+            if _is_raw(request):
+                _call_raw(channel, "Compute", request, case.timeout)
+            else:
+                stub.Compute(request, timeout=case.timeout)
         assert err.value.code() == case.code, err.value.details()
-        for fragment in case.says:
+        for fragment in says:
             assert fragment in err.value.details(), f"{fragment!r} not in {err.value.details()!r}"
         assert stub.Compute(_compute()[0], timeout=30).summary.loss == _expected_good_loss()
 
