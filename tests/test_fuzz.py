@@ -28,6 +28,9 @@ from gradwire.bench import fuzz
 
 SECONDS = float(os.environ.get("GRADWIRE_FUZZ_SECONDS", 25))
 HAS_ATHERIS = importlib.util.find_spec("atheris") is not None
+HAS_HYPOTHESIS = importlib.util.find_spec("hypothesis") is not None
+needs_an_engine = pytest.mark.skipif(not (HAS_ATHERIS or HAS_HYPOTHESIS),
+                                     reason="no fuzzing engine: pip install 'gradwire[fuzz]' (atheris, hypothesis)")
 
 
 def _run(tmp_path, *args: str, timeout: float) -> tuple[dict, str]:
@@ -56,6 +59,7 @@ def _assert_property(report: dict, min_executions: int) -> None:
     assert {f"{k} OK" for k in fuzz.KINDS} <= set(report["statuses"]), report["statuses"]  # ... and answered
 
 
+@needs_an_engine
 def test_fuzz_bounded_run(tmp_path):
     """The suite's run: the default engine (atheris if installed, else hypothesis), seed 1."""
     report, stdout = _run(tmp_path, "--seconds", str(SECONDS), "--seed", "1", timeout=SECONDS + 180)
@@ -63,7 +67,8 @@ def test_fuzz_bounded_run(tmp_path):
     _assert_property(report, min_executions=int(SECONDS * 20))
 
 
-@pytest.mark.skipif(not HAS_ATHERIS, reason="without atheris the bounded run above is the hypothesis engine")
+@pytest.mark.skipif(not (HAS_ATHERIS and HAS_HYPOTHESIS),
+                    reason="without atheris the bounded run above is the hypothesis engine")
 def test_fuzz_hypothesis_fallback(tmp_path):
     """The fallback engine (what runs where atheris does not install) keeps working."""
     report, stdout = _run(tmp_path, "--seconds", "6", "--seed", "1", "--engine", "hypothesis", timeout=180)
