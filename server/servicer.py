@@ -318,6 +318,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     async def ListJobs(self, request, context):
         async def run(call):
+            _wellformed(request)
             return pb.ListJobsResponse(jobs=[j.info() for j in self.jobs.list()])
         return await self._unary("ListJobs", context, run)
 
@@ -325,6 +326,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     async def ListOps(self, request, context):
         async def run(call):
+            _wellformed(request)
             return list_ops()
         return await self._unary("ListOps", context, run)
 
@@ -338,6 +340,12 @@ def list_ops() -> pb.ListOpsResponse:
                                      default="" if a.required else repr(a.default)) for k, a in op.attrs.items()])
         for op in OPS.values()
     ])
+
+
+def _wellformed(request) -> None:
+    """For handlers that read nothing of their request: malformed bytes are still refused
+    (the decoder's stand-in raises INVALID_ARGUMENT on any read)."""
+    request.DESCRIPTOR  # noqa: B018 - the read is the check
 
 
 MAX_STATUS_MESSAGE = 2000  # characters; gRPC drops a status whose metadata exceeds 8 KiB
