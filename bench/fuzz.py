@@ -2,6 +2,7 @@
 
     python -m gradwire.bench.fuzz [--seconds S] [--workers N] [--engine auto|atheris|hypothesis]
                                   [--seed N] [--rss-mb M] [--report PATH]
+    python -m gradwire.bench.fuzz --replay HEX... | --replay known | --minimize HEX
 
 The target is the real handler code, in-process: a ``GradwireServer``'s servicer (its graph
 and session stores, job manager, admission and local backend, built by the server's own
@@ -23,7 +24,10 @@ The property, checked for every input:
   the memory budget stays held afterwards; a job step that fails with an exception outside
   the status table counts as INTERNAL too;
 * no crash of the process (a supervisor runs each worker in a subprocess and reports the
-  input that was running).
+  input that was running);
+* differential: a Compute answered with more than one shard must give the same tensors,
+  dtypes and shapes as the same request on one shard, and values within 1e-2 where all are
+  finite and below 1e4 (shards change only the order of sums).
 
 Input format: byte 0 selects the kind (``& 3``) and, with ``& 0x80``, decoding by the framed
 walk of ``frames.decode`` whatever the message's size (``SMALL_MESSAGE`` set to 0 for that
@@ -57,7 +61,6 @@ import os
 import random
 import resource
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -319,6 +322,12 @@ class Target:
         server_log.addHandler(capture)
         server_log.setLevel(logging.ERROR)
         server_log.propagate = False
+        self.thread_errors: list[str] = []  # exceptions that ended a thread (a job's)
+
+        def on_thread_error(args):
+            self.thread_errors.append("".join(traceback.format_exception(args.exc_value)))
+
+        threading.excepthook = on_thread_error
 
         self.statuses: collections.Counter = collections.Counter()
         self.exceptions: collections.Counter = collections.Counter()
@@ -352,7 +361,7 @@ class Target:
             self._refresh()
         kind, framed, messages = unpack(data)
         messages = [m.replace(SESSION_PLACEHOLDER, self.session_id) for m in messages]
-        del self.failures[:], self.logged[:]
+        del self.failures[:], self.logged[:], self.thread_errors[:]
         decode = self.decoders[kind]
         self.frames.SMALL_MESSAGE = 0 if framed else self.small_message
         try:
@@ -446,6 +455,11 @@ class Target:
                 if thread.is_alive():
                     raise Violation("hang", data, "SubmitJob", "OK", f"job {job_id} does not stop when cancelled")
             self.jobs._threads.remove(thread)
+        if run.state not in ("done", "failed", "cancelled"):  # its thread died: watchers would wait for ever
+            raise Violation("job", data, "SubmitJob", f"job ended {run.state}",
+                            "".join(self.thread_errors) or "the job's thread ended without a final state")
+        if self.thread_errors:
+            raise Violation("job", data, "SubmitJob", "job thread raised", "".join(self.thread_errors))
         with self.jobs._lock:
             self.jobs.jobs.pop(job_id, None)
         shutil.rmtree(run.directory, ignore_errors=True)
