@@ -96,9 +96,9 @@ FUZZ_LIMITS = dict(
 COMPUTE_DEADLINE = 2.0  # the stand-in context's deadline for a Compute call (s)
 JOB_SECONDS = 5.0  # how long a submitted job may run before it is cancelled
 
-# Inputs that once broke the property and were fixed, replayed first on every run:
-# (name, input hex). See docs/ARCHITECTURE.md, "Fuzzing".
-REGRESSIONS: list[tuple[str, str]] = []
+# Inputs that once broke the property and were fixed, replayed first on every run and by
+# tests/test_fuzz.py: (name, input hex, what went wrong). See docs/ARCHITECTURE.md, "Fuzzing".
+REGRESSIONS: list[tuple[str, str, str]] = []  # filled in below, after the input format
 
 # Bugs this harness found, reported, not fixed yet. A violation that matches one (its kind, and
 # a status with every substring of one ``match`` entry in its detail) is counted under the bug's name
@@ -116,27 +116,6 @@ def _job_with_data_path(path: str) -> str:
 
 
 KNOWN_BUGS: list[dict] = [
-    {"name": "dataset-read-errors-are-internal", "kind": "SubmitJob", "match": [("INTERNAL", ("in load_dataset",))],
-     "summary": "SubmitJob naming a data_path that is a damaged .npz (empty, truncated, not a zip, bad CRC), an "
-                "empty .npy in a dataset directory, or a bare .npy file is answered INTERNAL: load_dataset "
-                "(server/jobs.py) maps only OSError and ValueError to GraphError, but np.load raises "
-                "zipfile.BadZipFile, EOFError, and a bare .npy gives an ndarray that is no context manager "
-                "(TypeError)",
-     "inputs": [(path, None) for path in ("empty.npz", "trunc.npz", "garbage.npz", "crc.npz", "emptydir",
-                                          "plain.npy")]},
-    {"name": "dataset-member-not-an-array-is-internal", "kind": "SubmitJob",
-     "match": [("INTERNAL", ("in check_dataset", "AttributeError"))],
-     "summary": "SubmitJob naming a .npz whose member x.npy is not an .npy file is answered INTERNAL: "
-                "np.load's NpzFile hands such a member out as bytes, and check_dataset (server/jobs.py) "
-                "reads its .dtype (AttributeError)",
-     "inputs": [("notnpy.npz", None)]},
-    {"name": "reshape-to-scalar-of-batched-input-is-internal", "kind": None,
-     "match": [("INTERNAL", ("in _reshape_batch", "IndexError"))],
-     "summary": "a graph with reshape(x, shape=[]) of a batched input x (-1, 3) is answered INTERNAL by every "
-                "request that carries it: the batching rule _reshape_batch (worker/ops/shape.py) reads shape[0] "
-                "of the empty target shape (IndexError) while Program analyses the graph",
-     "inputs": [("register", "010a4a0a140a0178120f0801120bffffffffffffffffff0103221c0a01721207726573686170651a0178220b"
-                             "0a05736861706512022a00220e0a046c6f7373120373756d1a01722a046c6f7373")]},
     {"name": "sharded-fetch-of-a-batch-coupled-value", "kind": "Compute",
      "match": [("INTERNAL", ("in _concat_or_stack",)), ("OK", ("shards and one shard disagree", "outputs/"))],
      "summary": "Compute of a sum loss over x (-1, 3) with shards=2 that fetches t = matmul(x, transpose(x)), "
@@ -171,8 +150,19 @@ LONG_DETAILS_BUG = {
                "non-ASCII byte as 3) the client receives RESOURCE_EXHAUSTED 'Stream removed (received metadata "
                "size exceeds soft limit)' instead. Clipping the message to N characters is not enough: 'é' "
                "takes 6 wire bytes",
-    "request": "RegisterGraph", "op_names": [("x", 7000), ("é", 3000)],
+    "request": "RegisterGraph", "op_names": [("é", 3000)],
+    "fixed": [("x", 7000)],  # clipped to 2000 characters since 2c7ac4d
 }
+# found by this harness, fixed in 2c7ac4d: a damaged .npz (empty, truncated, not a zip, bad CRC),
+# an empty .npy in a dataset directory or a bare .npy file named as a job's data_path was
+# INTERNAL (np.load raises zipfile.BadZipFile, EOFError; a bare .npy is no context manager),
+# and so was a .npz member that is no .npy (handed out as bytes: AttributeError on .dtype)
+_FIXED_DATASETS = ("empty.npz", "trunc.npz", "garbage.npz", "crc.npz", "emptydir", "plain.npy", "notnpy.npz")
+# ... and reshape(x, shape=[]) of a batched input x was INTERNAL (IndexError in _reshape_batch)
+_FIXED_RESHAPE = ("010a4a0a140a0178120f0801120bffffffffffffffffff0103221c0a01721207726573686170651a0178220b"
+                  "0a05736861706512022a00220e0a046c6f7373120373756d1a01722a046c6f7373")
+
+
 def known_bug(record: dict) -> str | None:
     """The name of the known bug a violation record is an instance of, if any: its kind, and a
     status with all the substrings of one of the bug's ``match`` entries in the record's detail."""
@@ -205,6 +195,9 @@ def pack(kind: str, messages: list[bytes], framed: bool = False) -> bytes:
 
 for _bug in KNOWN_BUGS:
     _bug["inputs"] = [(label, h or _job_with_data_path(label)) for label, h in _bug["inputs"]]
+REGRESSIONS += [(f"dataset-{path}", _job_with_data_path(path), "SubmitJob with this data_path was INTERNAL")
+                for path in _FIXED_DATASETS]
+REGRESSIONS.append(("reshape-batched-to-scalar", _FIXED_RESHAPE, "RegisterGraph was INTERNAL (IndexError)"))
 
 
 def unpack(data: bytes) -> tuple[str, bool, list[bytes]]:
@@ -535,7 +528,7 @@ def peak_rss_mb() -> float:
 
 def seed_corpus() -> list[tuple[str, bytes]]:
     seeds = corpus()
-    seeds += [(f"regression/{name}", bytes.fromhex(h)) for name, h in REGRESSIONS]
+    seeds += [(f"regression/{name}", bytes.fromhex(h)) for name, h, _ in REGRESSIONS]
     seeds += [(f"known-bug/{bug['name']}/{label}", bytes.fromhex(h)) for bug in KNOWN_BUGS for label, h in bug["inputs"]]
     return [(name, data) for name, data in seeds if len(data) <= MAX_LEN]
 
@@ -1862,7 +1855,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--print-every", type=float, default=10.0)
     p.add_argument("--report", default="", help="write the JSON report here")
     p.add_argument("--replay", nargs="+", metavar="HEX", default=None,
-                   help="run these inputs once each (hex; 'known' adds every known bug's inputs, @PATH the "
+                   help="run these inputs once each (hex; 'known' adds every known bug's inputs, 'regressions' "
+                        "the fixed ones', @PATH the "
                         "inputs of a file, one hex a line) and report")
     p.add_argument("--minimize", metavar="HEX", default=None,
                    help="shrink this input (for --seconds) while it breaks the property the same way")
@@ -1919,6 +1913,8 @@ def _replay_inputs(items: list[str]) -> list[str]:
     for item in items:
         if item == "known":
             inputs += [h for bug in KNOWN_BUGS for _, h in bug["inputs"]]
+        elif item == "regressions":
+            inputs += [h for _, h, _ in REGRESSIONS]
         elif item.startswith("@"):
             inputs += [line.strip() for line in Path(item[1:]).read_text().splitlines() if line.strip()]
         else:

@@ -110,8 +110,9 @@ def replayed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replay")
     good = [data.hex() for name, data in fuzz.seed_corpus() if name.startswith("good/") and "data-path" not in name]
     known = [h for bug in fuzz.KNOWN_BUGS for _, h in bug["inputs"]]
+    fixed = [h for _, h, _ in fuzz.REGRESSIONS]
     report = tmp / "replay.json"
-    (tmp / "inputs.txt").write_text("\n".join(good + known) + "\n")
+    (tmp / "inputs.txt").write_text("\n".join(good + known + fixed) + "\n")
     subprocess.run([sys.executable, "-m", "gradwire.bench.fuzz", "--replay", f"@{tmp / 'inputs.txt'}",
                     "--report", str(report)], cwd=tmp, capture_output=True, text=True, timeout=300)
     return {r["hex"]: r for r in json.loads(report.read_text())}
@@ -125,6 +126,13 @@ def test_good_seeds_are_answered(replayed):
             assert result["status"] == "OK", (name, result)
 
 
+@pytest.mark.parametrize("name,h,what", fuzz.REGRESSIONS, ids=[r[0] for r in fuzz.REGRESSIONS])
+def test_fixed_bug_stays_fixed(replayed, name, h, what):
+    result = replayed[h]
+    assert not result.get("violation"), f"{name} ({what}) is back: {result['kind']} -> {result['status']}\n" \
+                                        f"{result['details']}"
+
+
 @pytest.mark.parametrize("bug", fuzz.KNOWN_BUGS, ids=[b["name"] for b in fuzz.KNOWN_BUGS])
 def test_known_bug(replayed, bug, request):
     request.applymarker(pytest.mark.xfail(strict=False, reason=f"reported bug {bug['name']}: {bug['summary']}"))
@@ -133,8 +141,13 @@ def test_known_bug(replayed, bug, request):
         assert not result.get("violation"), f"{label}: {result['kind']} -> {result['status']}\n{result['details']}"
 
 
-@pytest.mark.xfail(strict=False, reason=f"reported bug {fuzz.LONG_DETAILS_BUG['name']}: {fuzz.LONG_DETAILS_BUG['summary']}")
-@pytest.mark.parametrize("char,count", fuzz.LONG_DETAILS_BUG["op_names"])
+_LONG = [pytest.param(c, n, id=f"{c!r}x{n}") for c, n in fuzz.LONG_DETAILS_BUG["fixed"]] + [
+    pytest.param(c, n, id=f"{c!r}x{n}", marks=pytest.mark.xfail(
+        strict=False, reason=f"reported bug {fuzz.LONG_DETAILS_BUG['name']}: {fuzz.LONG_DETAILS_BUG['summary']}"))
+    for c, n in fuzz.LONG_DETAILS_BUG["op_names"]]
+
+
+@pytest.mark.parametrize("char,count", _LONG)
 def test_long_status_details_reach_the_client(start_server, char, count):
     """On the wire: the server's INVALID_ARGUMENT must reach a client whatever names a request uses."""
     from gradwire.protos import gradwire_pb2 as pb
