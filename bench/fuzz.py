@@ -146,12 +146,12 @@ KNOWN_BUGS: list[dict] = [
 # one against a real server.
 LONG_DETAILS_BUG = {
     "name": "status-details-over-grpc-metadata-limit",
-    "summary": "RegisterGraph of a node whose op name is 7000 'x' (or 3000 'é') is answered INVALID_ARGUMENT "
-               "with a message quoting the name; over 8 KiB of grpc-message trailer (gRPC percent-encodes every "
-               "non-ASCII byte as 3) the client receives RESOURCE_EXHAUSTED 'Stream removed (received metadata "
-               "size exceeds soft limit)' instead. Clipping the message to N characters is not enough: 'é' "
-               "takes 6 wire bytes",
-    "request": "RegisterGraph", "op_names": [("é", 3000)],
+    "summary": "RegisterGraph of a node whose op name is 3000 '€' is answered INVALID_ARGUMENT with a message "
+               "quoting the name, clipped to 2000 characters; gRPC percent-encodes each non-ASCII byte as 3, "
+               "so the grpc-message trailer takes 18 kB, over the client's 16 KiB hard limit, and the client "
+               "receives RESOURCE_EXHAUSTED 'Stream removed (received metadata size exceeds hard limit)' "
+               "instead (3000 'é', 12 kB, fails at random: over the 8 KiB soft limit). Clip by encoded bytes",
+    "request": "RegisterGraph", "op_names": [("€", 3000)],
     "fixed": [("x", 7000)],  # clipped to 2000 characters since 2c7ac4d
 }
 # found by this harness, fixed in 2c7ac4d: a damaged .npz (empty, truncated, not a zip, bad CRC),
