@@ -18,7 +18,8 @@ import numpy as np
 
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.server.admission import Holdings
-from gradwire.server.backend import Backend, Job, Outcome
+from gradwire.server.backend import Backend
+from gradwire.server.driver import Computation, Outcome
 from gradwire.server.config import ServerConfig
 from gradwire.server.feed import BatchFeed
 from gradwire.server.store import GraphStore, Registered, Session, SessionStore
@@ -79,8 +80,8 @@ def decode(header, reg: Registered, session: Session | None, sent_params: dict, 
     return Decoded(header, reg, params, f"{session.session_id}@{version}", version, batch, feed)
 
 
-def validate(request: Decoded, config: ServerConfig, default_shards: int) -> Job:
-    """Every check a request can fail before it runs; the backend's ``Job``."""
+def validate(request: Decoded, config: ServerConfig, default_shards: int) -> Computation:
+    """Every check a request can fail before it runs; the backend's ``Computation``."""
     t = time.perf_counter()
     header, program = request.header, request.reg.program
     specs = program.bind(request.params, request.batch)  # every check, no allocation
@@ -88,7 +89,7 @@ def validate(request: Decoded, config: ServerConfig, default_shards: int) -> Job
     if unknown:
         raise GraphError(f"cannot fetch {unknown}: not values of the graph")
     wrt = tuple(header.wrt) or tuple(program.graph.params)
-    job = Job(request.reg, request.params, request.params_key, request.batch, wrt + tuple(header.input_grads),
+    job = Computation(request.reg, request.params, request.params_key, request.batch, wrt + tuple(header.input_grads),
               tuple(header.fetch), header.shards or default_shards, config.check_finite, request.feed, specs)
     if header.wrt or header.input_grads:
         program.backward_plan(job.wrt)  # rejects unknown names before scheduling
@@ -98,7 +99,7 @@ def validate(request: Decoded, config: ServerConfig, default_shards: int) -> Job
     return job
 
 
-def compute(backend: Backend, request: Decoded, job: Job, holdings: Holdings, cancel: CancelToken,
+def compute(backend: Backend, request: Decoded, job: Computation, holdings: Holdings, cancel: CancelToken,
             config: ServerConfig) -> Outcome:
     """Run the job, its estimated peak memory held for as long as it runs (the tensors the
     request declared are held already)."""
@@ -124,7 +125,7 @@ def _check_finite_grads(outcome: Outcome) -> None:
 # ---------------------------------------------------------------- encode
 
 
-def run_info(backend_name: str, request: Decoded, job: Job, outcome: Outcome) -> pb.RunInfo:
+def run_info(backend_name: str, request: Decoded, job: Computation, outcome: Outcome) -> pb.RunInfo:
     warnings = [] if math.isfinite(outcome.result.loss) else [f"the loss is not finite ({outcome.result.loss})"]
     return pb.RunInfo(
         backend=backend_name, shard_count=len(outcome.shards), phase_ms=outcome.phase_ms,
@@ -143,7 +144,7 @@ def _summary(request: Decoded, info: pb.RunInfo, request_id: str, loss: float) -
                              session_version=request.version)
 
 
-def encode_unary(request: Decoded, job: Job, outcome: Outcome, backend_name: str, request_id: str) -> pb.ComputeResponse:
+def encode_unary(request: Decoded, job: Computation, outcome: Outcome, backend_name: str, request_id: str) -> pb.ComputeResponse:
     """The whole answer in one plain protobuf (a unary call)."""
     t = time.perf_counter()
     message = one_message(pb.ComputeResponse, {}, _groups(outcome))
@@ -152,7 +153,7 @@ def encode_unary(request: Decoded, job: Job, outcome: Outcome, backend_name: str
     return message
 
 
-def encode_stream(request: Decoded, job: Job, outcome: Outcome, backend_name: str, request_id: str,
+def encode_stream(request: Decoded, job: Computation, outcome: Outcome, backend_name: str, request_id: str,
                   chunk_bytes: int):
     """The answer's messages, lazily and one ahead: the summary rides on the last message, so it
     can report the whole encode phase (which includes handing earlier messages to gRPC)."""

@@ -28,7 +28,8 @@ import numpy as np
 
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.server.admission import Admission
-from gradwire.server.backend import Backend, Job
+from gradwire.server.backend import Backend
+from gradwire.server.driver import Computation
 from gradwire.server.status import NotFound
 from gradwire.server.store import GraphStore, Registered, check_params
 from gradwire.worker.cancel import CancelToken
@@ -348,7 +349,7 @@ class JobManager:
                 order = np.random.default_rng([spec.seed, epoch]).permutation(run.n_examples)
                 rows = np.sort(order[index * spec.batch_size:(index + 1) * spec.batch_size])
                 batch = {k: np.ascontiguousarray(v[rows]) for k, v in run.data.items()}
-                job = Job(run.reg, run.params, None, batch, None, (), spec.shards,  # a step's params are used once
+                job = Computation(run.reg, run.params, None, batch, None, (), spec.shards,  # a step's params are used once
                           self.check_finite)
                 outcome = self._step(job, run)
                 run.params, run.opt_state = optimizer.update(run.params, outcome.result.grads, run.opt_state)
@@ -373,7 +374,7 @@ class JobManager:
             run.error = str(exc)
             self._set_state(run, "failed")
 
-    def _step(self, job: Job, run: JobRun):
+    def _step(self, job: Computation, run: JobRun):
         """One step's compute, holding a compute slot like any request (waiting for it)."""
         cancel = CancelToken(probe=lambda: run.cancel_requested or self._stopping.is_set())
         self.admission.wait_slot(cancel)

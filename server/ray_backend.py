@@ -22,7 +22,7 @@ import os
 import threading
 import time
 import uuid
-from collections import deque
+from dataclasses import dataclass, field
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
 # ray.cancel of an actor task still queued at its actor is not honoured then: the driver
@@ -34,13 +34,11 @@ import ray  # noqa: E402
 from ray.exceptions import (  # noqa: E402
     GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError, WorkerCrashedError)
 
-from gradwire.server.backend import Job, Outcome, ShardRecord  # noqa: E402
+from gradwire.server.driver import Computation, Outcome, WorkerLost, drive  # noqa: E402
 from gradwire.server.config import ServerConfig  # noqa: E402
-from gradwire.server.status import DeadlineExceeded, WorkersUnavailable  # noqa: E402
 from gradwire.worker.cancel import Cancelled, CancelToken  # noqa: E402
 from gradwire.worker.ray_worker import ShardWorker, Stopped  # noqa: E402
 from gradwire.worker.lru import LruCache  # noqa: E402
-from gradwire.worker.shards import aligned_blocks, combine  # noqa: E402
 from gradwire.worker.validate import GraphError  # noqa: E402
 
 log = logging.getLogger("gradwire.server")
@@ -106,11 +104,11 @@ class RayBackend:
             self.replaced += 1
         log.warning("worker-%d lost; replaced", index)
 
-    def _block_size(self, n_shards: int, fetch: tuple[str, ...]) -> int:
+    def block_size(self, n_shards: int, fetching: bool) -> int:
         """Shards per task: enough tasks to keep every worker's pipeline full, and no more,
         since each task costs a round trip, an object-store put and a gradient-sized result.
         Fetched outputs are stacked per shard, so requests with fetches go shard by shard."""
-        if fetch:
+        if fetching:
             return 1
         slots = max(1, len(self.workers) * self.config.pipeline_depth)
         block = 1
@@ -118,7 +116,7 @@ class RayBackend:
             block *= 2
         return block
 
-    def _params_ref(self, job: Job) -> tuple[str, ray.ObjectRef, bool]:
+    def _params_ref(self, job: Computation) -> tuple[str, ray.ObjectRef, bool]:
         """The key workers cache the job's parameter set by, its object ref, and whether
         workers should keep it for later requests. A reusable set (``params_key`` not None:
         a session version) is put once; the cached put is taken only if it was made from
@@ -133,102 +131,58 @@ class RayBackend:
             self._param_refs.put(job.params_key, (job.params, worker_key, ref))
         return worker_key, ref, job.params_key is not None
 
-    def compute(self, job: Job, cancel: CancelToken) -> Outcome:
-        deadline = cancel.deadline
-        # what every task is told: the same instant on the wall clock, which all nodes share
+    def compute(self, computation: Computation, cancel: CancelToken) -> Outcome:
+        return drive(self, computation, cancel, self.config.max_retries)
+
+    # ------------------------------------------------------------------ driver.Pool
+
+    def slots(self) -> list[int]:
+        return [w for _ in range(self.config.pipeline_depth) for w in range(len(self.workers))]
+
+    def prepare(self, computation: Computation) -> "_Refs":
+        graph = computation.graph
+        graph_ref = self._graph_refs.get_or_make(graph.graph_id, lambda: ray.put(graph.proto_bytes))
+        params_key, params_ref, reuse = self._params_ref(computation)
+        return _Refs(graph_ref, params_key, params_ref, reuse)
+
+    def submit(self, refs: "_Refs", computation: Computation, block: int, shards: list, worker: int,
+               cancel: CancelToken):
+        if block not in refs.rows:  # a block's rows are put once, when they are in; retries reuse them
+            refs.rows[block] = ray.put(computation.rows(shards))
+        deadline = cancel.deadline  # what every task is told: the same instant on the wall clock
         wall_deadline = None if deadline is None else time.time() + (deadline - time.monotonic())
-        t0 = time.perf_counter()
-        plan = job.plan()
-        fetched = job.fetch or job.graph.program.graph.outputs
-        units = aligned_blocks(len(plan), self._block_size(len(plan), fetched))
-        graph_ref = self._graph_refs.get_or_make(job.graph.graph_id, lambda: ray.put(job.graph.proto_bytes))
-        params_key, params_ref, reuse = self._params_ref(job)
-        unit_refs: list = [None] * len(units)  # each unit's rows are put once, when they are in; retries reuse it
-        t1 = time.perf_counter()
+        handle = self.workers[worker]
+        ref = handle.run_shards.remote(
+            computation.graph.graph_id, [refs.graph], refs.params_key, [refs.params], refs.rows[block], shards,
+            computation.wrt, computation.fetch, computation.check_finite, computation.graph.program.limits,
+            wall_deadline, refs.reuse)
+        refs.handles[ref] = handle
+        return ref
 
-        def rows(unit: int) -> tuple[int, int]:
-            first, last = units[unit]
-            return plan[first][0], plan[last - 1][1]
+    def wait(self, handles: list, timeout: float) -> list:
+        ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
+        return ready
 
-        pending = deque(range(len(units)))
-        # Each worker holds up to `pipeline_depth` units, so it starts the next one while the
-        # driver is still collecting the last: no idle round trip in between.
-        idle = deque(w for _ in range(self.config.pipeline_depth) for w in range(len(self.workers)))
-        inflight: dict[ray.ObjectRef, tuple[int, int, object]] = {}
-        attempts = [0] * len(units)
-        results: list = [None] * len(units)
-        records: list = [None] * len(plan)
+    def collect(self, ref) -> tuple:
+        try:
+            value = ray.get(ref, timeout=60)
+        except TaskCancelledError:  # only we cancel our tasks, and only to end the computation
+            raise Cancelled("the computation was cancelled") from None
+        except _LOST + (GetTimeoutError,):
+            raise WorkerLost from None
+        except RayTaskError as exc:
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+            raise (cause if isinstance(cause, (Cancelled, GraphError)) else exc) from None
+        if isinstance(value, Stopped):  # the task saw the deadline (its clock may run a bit ahead)
+            raise Cancelled(value.reason, value.deadline_passed)
+        return value
 
-        def abandon(exc: BaseException):
-            for ref in inflight:
-                ray.cancel(ref)  # flags the task: running, it stops at its next node; queued, as it starts
-            raise exc
+    def replace(self, refs: "_Refs", worker: int, ref) -> None:
+        self._replace(worker, refs.handles[ref])
 
-        def ended() -> DeadlineExceeded:
-            return DeadlineExceeded("the call ended (deadline or cancellation); outstanding shards cancelled")
-
-        while pending or inflight:
-            if cancel.cancelled:  # e.g. the call ended while its request was decoded: start nothing
-                abandon(ended())
-            while pending and idle and job.rows_ready(rows(pending[0])[1]):
-                unit, worker = pending.popleft(), idle.popleft()
-                if unit_refs[unit] is None:
-                    unit_refs[unit] = ray.put(job.shard(*rows(unit)))
-                attempts[unit] += 1
-                first, last = units[unit]
-                handle = self.workers[worker]
-                ref = handle.run_shards.remote(
-                    job.graph.graph_id, [graph_ref], params_key, [params_ref], unit_refs[unit],
-                    [plan[i][:2] for i in range(first, last)], [plan[i][2] for i in range(first, last)],
-                    job.wrt, job.fetch, job.check_finite, job.graph.program.limits, wall_deadline, reuse)
-                inflight[ref] = (unit, worker, handle)
-            wait = 0.05
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - time.monotonic()))
-            if inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait)
-            else:  # nothing running: the next unit's rows are still streaming in
-                ready = []
-                job.wait_rows(rows(pending[0])[1], timeout=wait)
-            if cancel.cancelled:
-                abandon(ended())
-            for ref in ready:
-                unit, worker, handle = inflight.pop(ref)
-                try:
-                    value = ray.get(ref, timeout=60)
-                except TaskCancelledError:  # only we cancel our tasks, and only to end the request
-                    abandon(ended())
-                except _LOST + (GetTimeoutError,):
-                    self._replace(worker, handle)
-                    idle.append(worker)
-                    if attempts[unit] > self.config.max_retries:
-                        first, last = units[unit]
-                        abandon(WorkersUnavailable(f"shards {first}..{last - 1} failed on {attempts[unit]} "
-                                                   "workers in a row; giving up"))
-                    pending.appendleft(unit)
-                    continue
-                except RayTaskError as exc:
-                    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
-                    if isinstance(cause, Cancelled):  # as Stopped, should a Cancelled ever escape a task
-                        cancel.cancel(f"a shard stopped: {cause}")
-                        abandon(ended())
-                    if isinstance(cause, GraphError):  # deterministic: a retry would fail the same way
-                        abandon(cause)
-                    abandon(exc)  # unexpected: fail the request, but cancel its other shards first
-                if isinstance(value, Stopped):  # the task saw the deadline (its clock may run a bit
-                    cancel.cancel(f"a shard stopped: {value.reason}")  # ahead): the request's end, not a fault
-                    abandon(ended())
-                result, infos = value
-                results[unit] = result
-                for i, info in zip(range(*units[unit]), infos):
-                    start, stop, _ = plan[i]
-                    records[i] = ShardRecord(i, start, stop, info["worker"], info["node"], info["pid"],
-                                             info["ms"], attempts[unit])
-                idle.append(worker)
-        t2 = time.perf_counter()
-        result = combine(results, job.graph.program)  # block sums in order: the same bits as shard by shard
-        return Outcome(result, records, {"schedule": (t1 - t0) * 1e3, "compute": (t2 - t1) * 1e3,
-                                         "reduce": (time.perf_counter() - t2) * 1e3})
+    def cancel(self, handles: list) -> None:
+        for ref in handles:
+            ray.cancel(ref)  # flags the task: running, it stops at its next node; queued, as it starts
 
     def close(self) -> None:
         for worker in self.workers:
@@ -239,3 +193,15 @@ class RayBackend:
         self.workers = []
         if self._owns_ray:
             ray.shutdown()
+
+
+@dataclass
+class _Refs:
+    """One computation's object refs: its graph, its parameter set, each block's rows."""
+
+    graph: ray.ObjectRef
+    params_key: str
+    params: ray.ObjectRef
+    reuse: bool
+    rows: dict = field(default_factory=dict)
+    handles: dict = field(default_factory=dict)  # task ref -> the actor handle that ran it

@@ -13,7 +13,7 @@ import pytest
 import gradwire as gw
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.protos import gradwire_pb2_grpc as pb_grpc
-from gradwire.server.backend import Job
+from gradwire.server.driver import Computation
 from gradwire.server.store import Registered
 from gradwire.worker import batching
 from gradwire.worker.batching import FREE, MEAN, SUM, node_batch, rows
@@ -436,8 +436,8 @@ def test_a_mean_loss_with_a_batch_free_term_shards(rng):
 # ---------------------------------------------------------------- the plan a server's backend runs
 
 
-def _job(graph: gw.Graph, batch, shards=8) -> Job:
-    return Job(Registered("g-test", Program(graph.graph_def), b""), {}, "k", batch, None, (), shards)
+def _job(graph: gw.Graph, batch, shards=8) -> Computation:
+    return Computation(Registered("g-test", Program(graph.graph_def), b""), {}, "k", batch, None, (), shards)
 
 
 def test_job_plan_follows_the_derived_reduction(rng):
@@ -445,14 +445,14 @@ def test_job_plan_follows_the_derived_reduction(rng):
     mean = gw.Graph()
     mean.set_loss(gw.mean(gw.square(mean.input("x", (None, 3), F64))))
     plan = _job(mean, x).plan()
-    assert len(plan) == 8 and sum(w for _, _, w in plan) == pytest.approx(1.0)
+    assert len(plan) == 8 and sum(s.weight for s in plan) == pytest.approx(1.0)
     assert _job(mean, x).sharding.startswith("sharded: the loss is a mean over the batch")
-    assert {w for _, _, w in _job(_sum_graph("sum"), x).plan()} == {1.0}
+    assert {s.weight for s in _job(_sum_graph("sum"), x).plan()} == {1.0}
     coupled, _ = _coupled("max-over-batch")
     job = _job(coupled, {"x": rng.normal(size=(37, 4))})
-    assert job.plan() == [(0, 37, 1.0)]
+    assert [(s.start, s.stop, s.weight, s.whole) for s in job.plan()] == [(0, 37, 1.0, False)]
     assert job.sharding.startswith("unsharded: the loss couples examples: node 'worst' (op 'max')")
-    assert job.shard(0, 37)["x"].shape == (37, 4)
+    assert job.rows(job.plan())["x"].shape == (37, 4)
 
 
 # ---------------------------------------------------------------- remote: the same facts through a server

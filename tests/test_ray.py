@@ -468,7 +468,7 @@ def test_a_task_stops_at_its_wall_clock_deadline_outside_ray_too():
     from gradwire.worker.codec import graph_to_proto
     from gradwire.worker.engine import Program
     from gradwire.worker.ray_worker import ShardWorker, Stopped, task_token
-    from gradwire.worker.shards import combine, shard_bounds, shard_weight
+    from gradwire.worker.shards import combine, plan_shards
 
     token = task_token(time.time() + 100.0)
     assert 99.0 < token.remaining() <= 100.0 and not token.cancelled
@@ -477,16 +477,15 @@ def test_a_task_stops_at_its_wall_clock_deadline_outside_ray_too():
     graph = _mlp("float64")
     params, batch = _data("float64", BATCH)
     program = Program(graph.graph_def)
-    bounds = shard_bounds(BATCH, 2)
-    weights = [shard_weight(program, BATCH, a, b) for a, b in bounds]
+    shards = plan_shards(program, batch, 2)
     worker = ShardWorker("local")
-    args = ("g", [graph_to_proto(graph.graph_def).SerializeToString()], "p-1", [params], batch, bounds, weights,
+    args = ("g", [graph_to_proto(graph.graph_def).SerializeToString()], "p-1", [params], batch, shards,
             None, (), False, None)
     stopped = worker.run_shards(*args, deadline=time.time() - 0.001)
     assert isinstance(stopped, Stopped) and stopped.deadline_passed
     result, infos = worker.run_shards(*args, deadline=time.time() + 100.0)
-    want = combine([program.run(params, {k: v[a:b] for k, v in batch.items()}, loss_scale=w)
-                    for (a, b), w in zip(bounds, weights)], program)
+    want = combine([program.run(params, {k: v[s.start:s.stop] for k, v in batch.items()}, loss_scale=s.weight)
+                    for s in shards], program)
     _assert_bitwise(result.loss, result.grads, want.loss, want.grads, "in-process run_shards")
     assert len(infos) == 2
 
@@ -595,7 +594,7 @@ def test_backend_keys_parameter_sets_by_what_it_put(served, key):
     """Whatever key the servicer passes for a plain request (a client's id, or None), a job
     with other parameters under it computes with its own: the backend caches a parameter
     set only for the very object it put, under a key it made."""
-    from gradwire.server.backend import Job
+    from gradwire.server.driver import Computation
     from gradwire.server.store import Registered
     from gradwire.worker.cancel import CancelToken
     from gradwire.worker.codec import graph_id_of_proto, graph_to_proto
@@ -609,7 +608,7 @@ def test_backend_keys_parameter_sets_by_what_it_put(served, key):
     local = gw.local(shards=SHARDS, blas_threads=1)
     for seed in (31, 32, 31, 33):
         params = _data("float64", BATCH, seed=seed)[0]
-        outcome = server.backend.compute(Job(reg, params, key, batch, None, (), SHARDS), CancelToken())
+        outcome = server.backend.compute(Computation(reg, params, key, batch, None, (), SHARDS), CancelToken())
         want_loss, want_grads = local.value_and_grad(graph, params, batch)
         _assert_bitwise(outcome.result.loss, outcome.result.grads, want_loss, want_grads, f"key {key!r}, seed {seed}")
 

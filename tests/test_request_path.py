@@ -12,7 +12,8 @@ from gradwire.server.admission import Admission
 from gradwire.server.backend import LocalBackend
 from gradwire.server.config import ServerConfig
 from gradwire.server.store import GraphStore, SessionStore
-from gradwire.worker.cancel import Cancelled, CancelToken
+from gradwire.server.status import DeadlineExceeded
+from gradwire.worker.cancel import CancelToken
 from gradwire.worker.codec import assemble, graph_to_proto
 from gradwire.worker.validate import GraphError, LimitError
 
@@ -93,7 +94,7 @@ def test_compute_charges_memory_and_stops_when_cancelled(stores):
         gradients.compute(LocalBackend(), decoded, job, tiny, CancelToken(), config)
     cancelled = CancelToken()
     cancelled.cancel()
-    with pytest.raises(Cancelled):
+    with pytest.raises(DeadlineExceeded):
         gradients.compute(LocalBackend(), decoded, job, Admission(1, 1 << 30).holdings(), cancelled, config)
 
 

@@ -28,7 +28,7 @@ from gradwire.worker.cancel import Cancelled, CancelToken
 from gradwire.worker.codec import graph_from_bytes
 from gradwire.worker.engine import Program, Result
 from gradwire.worker.lru import LruCache
-from gradwire.worker.shards import combine, shard_batch
+from gradwire.worker.shards import Shard, run_block
 
 _ONE_SHOT_SETS = 2  # a request's own parameter set serves only its tasks: keep the last few, not 16
 
@@ -64,11 +64,11 @@ class ShardWorker:
         return {"worker": self.name, "pid": os.getpid(), "node": node}
 
     def run_shards(self, graph_id: str, graph_ref: list, params_key: str, params_ref: list,
-                   batch: dict[str, np.ndarray], bounds: list[tuple[int, int]], weights: list[float],
+                   batch: dict[str, np.ndarray], shards: list[Shard],
                    wrt, fetch, check_finite: bool, limits, deadline: float | None = None,
                    reuse: bool = True) -> tuple[Result, list[dict]] | Stopped:
-        """Consecutive shards of one request (``batch`` holds exactly their rows; ``bounds``
-        are their row ranges in the whole batch), combined as the driver would combine them:
+        """Consecutive shards of one request (``batch`` holds exactly their rows), combined as
+        the driver would combine them (``shards.run_block``):
         an aligned block of shards is a subtree of the fixed summation tree. ``graph_ref`` and
         ``params_ref`` hold an object ref in a list so Ray resolves them only on a cache miss.
         ``params_key`` is the driver's key for exactly that parameter set; ``reuse`` False:
@@ -77,26 +77,21 @@ class ShardWorker:
         cancels the task, the shard stops before its next node and the task returns ``Stopped``."""
         cancel = task_token(deadline)
         try:
-            return self._run_shards(cancel, graph_id, graph_ref, params_key, params_ref, batch, bounds, weights,
+            return self._run_shards(cancel, graph_id, graph_ref, params_key, params_ref, batch, shards,
                                     wrt, fetch, check_finite, limits, reuse)
         except Cancelled as exc:
             return Stopped(str(exc), exc.deadline_passed)
 
-    def _run_shards(self, cancel: CancelToken, graph_id, graph_ref, params_key, params_ref, batch, bounds,
-                    weights, wrt, fetch, check_finite, limits, reuse) -> tuple[Result, list[dict]]:
+    def _run_shards(self, cancel: CancelToken, graph_id, graph_ref, params_key, params_ref, batch, shards,
+                    wrt, fetch, check_finite, limits, reuse) -> tuple[Result, list[dict]]:
         cancel.check()  # cancelled while it was queued, or the deadline passed on the way
         program = self._programs.get_or_make(graph_id, lambda: Program(graph_from_bytes(_resolve(graph_ref[0]), limits), limits))
         cache = self._params if reuse else self._one_shot
         params = cache.get_or_make(params_key, lambda: _resolve(params_ref[0]))
-        base = bounds[0][0]
-        results, infos = [], []
-        for (start, stop), weight in zip(bounds, weights):
-            t = time.perf_counter()
-            rows = batch if start == stop == 0 else shard_batch(program, batch, start - base, stop - base)
-            results.append(program.run(params, rows, wrt=wrt, fetch=fetch, loss_scale=weight,
-                                       check_finite=check_finite, cancel=cancel))
-            infos.append({**self.identity(), "ms": (time.perf_counter() - t) * 1e3})
-        return combine(results, program), infos
+        result, ms = run_block(program, params, batch, shards, wrt=wrt, fetch=fetch, check_finite=check_finite,
+                               cancel=cancel)
+        identity = self.identity()
+        return result, [{**identity, "ms": m} for m in ms]
 
 
 def task_token(deadline: float | None) -> CancelToken:

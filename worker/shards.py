@@ -12,7 +12,9 @@ the same bits whichever worker ran which shard and in what order they finished.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,6 +44,48 @@ def shard_batch(program: Program, batch: dict[str, np.ndarray], start: int, stop
     """The shard's slice of every batched input (a view; unbatched inputs pass whole)."""
     inputs = program.graph.inputs
     return {k: v[start:stop] if inputs[k].shape and inputs[k].shape[0] is None else v for k, v in batch.items()}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One micro-shard of a request: rows [start, stop) of the batch, its backward pass seeded
+    by ``weight``. ``whole`` is the one shard of a request with no batch dimension: it takes
+    every input whole (and start == stop == 0 then mean nothing)."""
+
+    index: int
+    start: int
+    stop: int
+    weight: float
+    whole: bool = False
+
+    def rows(self, program: Program, batch: dict[str, np.ndarray], base: int = 0) -> dict[str, np.ndarray]:
+        """The shard's slice of ``batch``, which holds the batch's rows from ``base`` on."""
+        return batch if self.whole else shard_batch(program, batch, self.start - base, self.stop - base)
+
+
+WHOLE = Shard(0, 0, 0, 1.0, whole=True)
+
+
+def plan_shards(program: Program, batch: dict[str, np.ndarray], n_shards: int) -> list[Shard]:
+    """The request's shards: ``WHOLE`` when nothing is batched, else the plan of ``shard_plan``."""
+    n = batch_size(program, batch)
+    if n is None:
+        return [WHOLE]
+    return [Shard(i, a, b, shard_weight(program, n, a, b)) for i, (a, b) in enumerate(shard_plan(program, n, n_shards))]
+
+
+def run_block(program: Program, params: dict[str, np.ndarray], batch: dict[str, np.ndarray],
+              shards: Sequence[Shard], **run_kwargs) -> tuple[Result, list[float]]:
+    """Consecutive shards of one request, ``batch`` holding exactly their rows, combined as the
+    driver would combine them (an aligned block is a subtree of the fixed summation tree);
+    with each shard's milliseconds."""
+    base = shards[0].start
+    results, ms = [], []
+    for shard in shards:
+        t = time.perf_counter()
+        results.append(program.run(params, shard.rows(program, batch, base), loss_scale=shard.weight, **run_kwargs))
+        ms.append((time.perf_counter() - t) * 1e3)
+    return combine(results, program), ms
 
 
 def shard_plan(program: Program, n_examples: int, n_shards: int) -> list[tuple[int, int]]:
