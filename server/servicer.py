@@ -348,14 +348,20 @@ def _wellformed(request) -> None:
     request.DESCRIPTOR  # noqa: B018 - the read is the check
 
 
-MAX_STATUS_MESSAGE = 2000  # characters; gRPC drops a status whose metadata exceeds 8 KiB
+# gRPC drops a status whose trailer exceeds 8 KiB; it percent-encodes every byte of the
+# message outside printable ASCII as three
+MAX_STATUS_WIRE_BYTES = 4096
 
 
 def _clipped(message: str) -> str:
     """Messages quote client-chosen names: keep them short enough to reach the client."""
-    if len(message) <= MAX_STATUS_MESSAGE:
-        return message
-    return f"{message[:MAX_STATUS_MESSAGE]}... ({len(message) - MAX_STATUS_MESSAGE} more characters)"
+    kept, size = 0, 0
+    for ch in message:
+        size += 1 if " " <= ch <= "~" and ch != "%" else 3 * len(ch.encode("utf-8", "replace"))
+        if size > MAX_STATUS_WIRE_BYTES - 64:  # room for the note
+            return f"{message[:kept]}... ({len(message) - kept} more characters)"
+        kept += 1
+    return message
 
 
 def _ended_status(context) -> str:
