@@ -32,12 +32,13 @@ class JobEvent:
 
 def _info(msg: pb.JobInfo) -> dict[str, Any]:
     return {"job_id": msg.job_id, "state": msg.state, "step": msg.step, "total_steps": msg.total_steps,
-            "epoch": msg.epoch, "loss": msg.loss, "error": msg.error, "graph_id": msg.graph_id, "name": msg.name}
+            "epoch": msg.epoch, "loss": msg.loss, "error": msg.error, "graph_id": msg.graph_id, "name": msg.name,
+            "placement": msg.placement}
 
 
 def submit_job(client, graph, params: dict[str, Any], data: dict[str, Any] | str, optimizer, batch_size: int,
                epochs: int = 1, seed: int = 0, checkpoint_every: int = 0, shards: int = 0,
-               name: str = "") -> "TrainingJob":
+               name: str = "", placement: str = "") -> "TrainingJob":
     """Upload (or point to) a dataset and start training on the server; returns at once."""
     params = {k: np.asarray(v) for k, v in params.items()}
     uploaded = {} if isinstance(data, str) else {k: np.asarray(v) for k, v in data.items()}
@@ -46,6 +47,7 @@ def submit_job(client, graph, params: dict[str, Any], data: dict[str, Any] | str
     def send(ref):
         header = pb.JobHeader(**ref, optimizer_json=optimizer_json, batch_size=batch_size, epochs=epochs,
                               seed=seed, checkpoint_every=checkpoint_every, shards=shards, name=name,
+                              placement=placement,
                               data_path=data if isinstance(data, str) else "")
         return client.transport.call(
             "SubmitJob",

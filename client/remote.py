@@ -42,6 +42,8 @@ def _info(msg: pb.RunInfo) -> dict[str, Any]:
         "warnings": list(msg.warnings),  # e.g. a loss that is not finite
         "estimated_peak_bytes": msg.estimated_peak_bytes,
         "estimated_flops": msg.estimated_flops,
+        "placement": msg.placement,  # "ray: ..." or "local: ..." (a Ray backend's choice), with its figures
+        "estimated_ms": msg.estimated_ms,
         "shards": [{"index": s.index, "start": s.start, "stop": s.stop, "worker": s.worker, "node": s.node,
                     "pid": s.pid, "ms": s.ms, "attempts": s.attempts} for s in msg.shards],
     }
@@ -72,9 +74,12 @@ def _wire_form(graph_def: GraphDef) -> tuple[pb.Graph, str]:
 
 class Client:
     def __init__(self, address: str, timeout: float | None = 30.0, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, shards: int = 0, max_attempts: int = 5):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, shards: int = 0, max_attempts: int = 5,
+                 placement: str = ""):
+        """``shards`` (0: the server's plan) and ``placement`` ("": the server's; "auto", "ray"
+        or "local") apply to every request of this client."""
         self.transport = Transport(address, timeout, max_message_bytes, max_attempts)
-        self.chunk_bytes, self.shards = chunk_bytes, shards
+        self.chunk_bytes, self.shards, self.placement = chunk_bytes, shards, placement
         self._graphs: GraphCache[tuple[pb.Graph, str]] = GraphCache(_wire_form)  # each graph's wire form and id
         self._registered: set[str] = set()
 
@@ -129,7 +134,7 @@ class Client:
         def send(ref):
             header = pb.ComputeHeader(**({} if session_id else ref), session_id=session_id, wrt=wrt or (),
                                       input_grads=input_grads, fetch=fetch,
-                                      shards=self.shards if shards is None else shards)
+                                      shards=self.shards if shards is None else shards, placement=self.placement)
             tensors = {"params": params, "batch": batch}
             if small:  # one message each way: a unary call halves gRPC's per-call overhead
                 request = one_message(pb.ComputeRequest, {"header": header}, tensors)
@@ -183,12 +188,13 @@ class Client:
 
     def submit_job(self, graph: Graph | GraphDef | str, params: dict[str, Any], data: dict[str, Any] | str,
                    optimizer, batch_size: int, epochs: int = 1, seed: int = 0, checkpoint_every: int = 0,
-                   shards: int = 0, name: str = ""):
+                   shards: int = 0, name: str = "", placement: str = ""):
         """Start a training job on the server (data uploaded, or a dataset path the server
-        can read); returns a ``TrainingJob`` to watch, cancel and collect."""
+        can read); returns a ``TrainingJob`` to watch, cancel and collect. ``placement``
+        ("auto", "ray" or "local"; "": the server's) says where a Ray backend runs its steps."""
         from gradwire.client.jobs import submit_job
         return submit_job(self, graph, params, data, optimizer, batch_size, epochs, seed, checkpoint_every,
-                          shards, name)
+                          shards, name, placement or self.placement)
 
     def job(self, job_id: str):
         from gradwire.client.jobs import TrainingJob

@@ -144,7 +144,7 @@ class RegisterGraphResponse(_message.Message):
     def __init__(self, graph_id: _Optional[str] = ..., num_nodes: _Optional[int] = ...) -> None: ...
 
 class ComputeHeader(_message.Message):
-    __slots__ = ("graph", "graph_id", "session_id", "wrt", "input_grads", "fetch", "shards", "request_id")
+    __slots__ = ("graph", "graph_id", "session_id", "wrt", "input_grads", "fetch", "shards", "request_id", "placement")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class ComputeHeader(_message.Message):
     FETCH_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     graph: Graph
     graph_id: str
     session_id: str
@@ -161,7 +162,8 @@ class ComputeHeader(_message.Message):
     fetch: _containers.RepeatedScalarFieldContainer[str]
     shards: int
     request_id: str
-    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., session_id: _Optional[str] = ..., wrt: _Optional[_Iterable[str]] = ..., input_grads: _Optional[_Iterable[str]] = ..., fetch: _Optional[_Iterable[str]] = ..., shards: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    placement: str
+    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., session_id: _Optional[str] = ..., wrt: _Optional[_Iterable[str]] = ..., input_grads: _Optional[_Iterable[str]] = ..., fetch: _Optional[_Iterable[str]] = ..., shards: _Optional[int] = ..., request_id: _Optional[str] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class ComputeRequest(_message.Message):
     __slots__ = ("header", "params", "batch")
@@ -194,7 +196,7 @@ class ShardInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., worker: _Optional[str] = ..., node: _Optional[str] = ..., pid: _Optional[int] = ..., ms: _Optional[float] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("backend", "shard_count", "shards", "phase_ms", "server_pid", "sharding", "warnings", "estimated_peak_bytes", "estimated_flops")
+    __slots__ = ("backend", "shard_count", "shards", "phase_ms", "server_pid", "sharding", "warnings", "estimated_peak_bytes", "estimated_flops", "placement", "estimated_ms")
     class PhaseMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +213,8 @@ class RunInfo(_message.Message):
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_MS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     shard_count: int
     shards: _containers.RepeatedCompositeFieldContainer[ShardInfo]
@@ -220,7 +224,9 @@ class RunInfo(_message.Message):
     warnings: _containers.RepeatedScalarFieldContainer[str]
     estimated_peak_bytes: int
     estimated_flops: float
-    def __init__(self, backend: _Optional[str] = ..., shard_count: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., phase_ms: _Optional[_Mapping[str, float]] = ..., server_pid: _Optional[int] = ..., sharding: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., estimated_peak_bytes: _Optional[int] = ..., estimated_flops: _Optional[float] = ...) -> None: ...
+    placement: str
+    estimated_ms: float
+    def __init__(self, backend: _Optional[str] = ..., shard_count: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., phase_ms: _Optional[_Mapping[str, float]] = ..., server_pid: _Optional[int] = ..., sharding: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., estimated_peak_bytes: _Optional[int] = ..., estimated_flops: _Optional[float] = ..., placement: _Optional[str] = ..., estimated_ms: _Optional[float] = ...) -> None: ...
 
 class ComputeSummary(_message.Message):
     __slots__ = ("loss", "graph_id", "request_id", "info", "session_version")
@@ -331,7 +337,7 @@ class ListOpsResponse(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[OpInfo, _Mapping]]] = ...) -> None: ...
 
 class JobHeader(_message.Message):
-    __slots__ = ("graph", "graph_id", "optimizer_json", "batch_size", "epochs", "seed", "checkpoint_every", "data_path", "shards", "name")
+    __slots__ = ("graph", "graph_id", "optimizer_json", "batch_size", "epochs", "seed", "checkpoint_every", "data_path", "shards", "name", "placement")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +348,7 @@ class JobHeader(_message.Message):
     DATA_PATH_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     graph: Graph
     graph_id: str
     optimizer_json: str
@@ -352,7 +359,8 @@ class JobHeader(_message.Message):
     data_path: str
     shards: int
     name: str
-    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., optimizer_json: _Optional[str] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., seed: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., data_path: _Optional[str] = ..., shards: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+    placement: str
+    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., optimizer_json: _Optional[str] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., seed: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., data_path: _Optional[str] = ..., shards: _Optional[int] = ..., name: _Optional[str] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class JobRequest(_message.Message):
     __slots__ = ("header", "params", "data")
@@ -365,7 +373,7 @@ class JobRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[JobHeader, _Mapping]] = ..., params: _Optional[_Iterable[_Union[TensorChunk, _Mapping]]] = ..., data: _Optional[_Iterable[_Union[TensorChunk, _Mapping]]] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "state", "step", "total_steps", "epoch", "loss", "error", "graph_id", "name")
+    __slots__ = ("job_id", "state", "step", "total_steps", "epoch", "loss", "error", "graph_id", "name", "placement")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -375,6 +383,7 @@ class JobInfo(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     step: int
@@ -384,7 +393,8 @@ class JobInfo(_message.Message):
     error: str
     graph_id: str
     name: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., error: _Optional[str] = ..., graph_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    placement: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., error: _Optional[str] = ..., graph_id: _Optional[str] = ..., name: _Optional[str] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("step", "epoch", "loss", "examples_per_s", "eta_s", "state", "total_steps", "message")

@@ -8,6 +8,8 @@ import os
 from typing import Protocol
 
 from gradwire.server.driver import Computation, Outcome, drive
+from gradwire.server.job_steps import LocalSteps, StepPlan, Steps
+from gradwire.server.placement import LOCAL
 from gradwire.worker.cancel import CancelToken
 from gradwire.worker.engine import Result
 from gradwire.worker.shards import Shard, run_block
@@ -19,6 +21,9 @@ class Backend(Protocol):
 
     def compute(self, computation: Computation, cancel: CancelToken) -> Outcome:
         """Run every shard; stop (``DeadlineExceeded``) when ``cancel`` fires."""
+
+    def job_steps(self, plan: StepPlan) -> Steps:
+        """Where a training job's steps run, its data put there once."""
 
     def close(self) -> None: ...
 
@@ -33,6 +38,9 @@ class LocalBackend:
 
     def compute(self, computation: Computation, cancel: CancelToken) -> Outcome:
         return drive(self, computation, cancel, max_retries=0)
+
+    def job_steps(self, plan: StepPlan) -> LocalSteps:
+        return LocalSteps(plan, self, LOCAL)
 
     # ------------------------------------------------------------------ driver.Pool
 

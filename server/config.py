@@ -42,6 +42,9 @@ class ServerConfig:
     check_finite: bool = False  # reject NaN/Inf produced by any node
     grace_seconds: float = 30.0  # on SIGTERM, how long in-flight calls may finish
     max_retries: int = 3  # per shard, when a worker dies (Ray backend)
+    # where a Ray backend runs a computation: auto (by cost: too small to gain from the workers
+    # runs in this process, with the same bits), ray or local; a request or job may say otherwise
+    placement: str = "auto"
     pipeline_depth: int = 2  # shards queued per Ray worker at once
     keep_freed_memory: bool = True  # glibc: reuse freed buffers rather than fault in fresh pages
     job_dir: str = os.path.join(tempfile.gettempdir(), "gradwire-jobs")  # job data and checkpoints

@@ -24,7 +24,8 @@ from gradwire.server.status import DeadlineExceeded, WorkersUnavailable
 from gradwire.server.store import Registered
 from gradwire.worker.cancel import Cancelled, CancelToken
 from gradwire.worker.engine import Result
-from gradwire.worker.shards import Shard, aligned_blocks, combine, plan_shards, shard_batch
+from gradwire.worker.shards import (
+    Shard, aligned_blocks, combine, plan_rows, plan_shards, shard_batch, unshardable_fetch)
 
 
 @dataclass
@@ -43,6 +44,9 @@ class Computation:
     check_finite: bool = False
     feed: Any = None  # a BatchFeed while the batch is still streaming in; None: complete
     specs: Any = None  # the whole batch's concrete specs (``Program.bind``), when already known
+    examples: int | None = None  # the batch's rows when ``batch`` is not on this process (a job step on Ray)
+    placement: str = ""  # requested: "", "auto", "ray" or "local" (a Ray backend's choice)
+    flops: float = 0.0  # the admission estimate of its floating-point work
     _plan: list[Shard] | None = field(default=None, repr=False)
 
     def rows_ready(self, stop: int) -> bool:
@@ -56,13 +60,17 @@ class Computation:
         """The shards, once: ``WHOLE`` when nothing is batched, one whole-batch shard when the
         loss does not decompose over the batch (``Program.loss_batching``)."""
         if self._plan is None:
-            self._plan = plan_shards(self.graph.program, self.batch, self.shards)
+            program = self.graph.program
+            self._plan = plan_shards(program, self.batch, self.shards, self.fetch) if self.examples is None else \
+                plan_rows(program, self.examples, self.shards, self.fetch)
         return self._plan
 
     @property
     def sharding(self) -> str:
         """Why the batch is (not) cut, for ``RunInfo.sharding``: "sharded: ..." or "unsharded: ..."."""
-        return self.graph.program.loss_batching.summary
+        program = self.graph.program
+        reason = program.loss_batching.reduction is not None and unshardable_fetch(program, self.fetch)
+        return f"unsharded: {reason}" if reason else program.loss_batching.summary
 
     def rows(self, shards: list[Shard]) -> dict[str, np.ndarray]:
         """The rows a block of consecutive shards covers (views)."""
@@ -88,6 +96,7 @@ class Outcome:
     result: Result
     shards: list[ShardRecord]
     phase_ms: dict[str, float] = field(default_factory=dict)
+    placement: Any = None  # a placement.Placement, where the backend chose one
 
 
 class WorkerLost(Exception):

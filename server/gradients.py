@@ -22,6 +22,7 @@ from gradwire.server.backend import Backend
 from gradwire.server.driver import Computation, Outcome
 from gradwire.server.config import ServerConfig
 from gradwire.server.feed import BatchFeed
+from gradwire.server.placement import check_placement
 from gradwire.server.store import GraphStore, Registered, Session, SessionStore
 from gradwire.worker.budget import Budget, check, estimate
 from gradwire.worker.cancel import CancelToken
@@ -88,6 +89,7 @@ def validate(request: Decoded, config: ServerConfig, default_shards: int) -> Com
     unknown = sorted({name for name in header.fetch if name not in program.specs})
     if unknown:
         raise GraphError(f"cannot fetch {unknown}: not values of the graph")
+    check_placement(header.placement)
     wrt = tuple(header.wrt) or tuple(program.graph.params)
     job = Computation(request.reg, request.params, request.params_key, request.batch, wrt + tuple(header.input_grads),
               tuple(header.fetch), header.shards or default_shards, config.check_finite, request.feed, specs)
@@ -95,6 +97,7 @@ def validate(request: Decoded, config: ServerConfig, default_shards: int) -> Com
         program.backward_plan(job.wrt)  # rejects unknown names before scheduling
     request.budget = check(estimate(program, specs, job.wrt, job.fetch), config.max_request_memory_bytes,
                            config.max_request_flops)
+    job.placement, job.flops = header.placement, request.budget.flops
     request.phase_ms["validate"] = _ms_since(t)
     return job
 
@@ -131,7 +134,9 @@ def run_info(backend_name: str, request: Decoded, job: Computation, outcome: Out
         backend=backend_name, shard_count=len(outcome.shards), phase_ms=outcome.phase_ms,
         shards=[pb.ShardInfo(**vars(s)) for s in outcome.shards],  # ShardRecord mirrors ShardInfo
         server_pid=os.getpid(), sharding=job.sharding, warnings=warnings,
-        estimated_peak_bytes=request.budget.peak_bytes, estimated_flops=request.budget.flops)
+        estimated_peak_bytes=request.budget.peak_bytes, estimated_flops=request.budget.flops,
+        placement=outcome.placement.describe() if outcome.placement else "",
+        estimated_ms=outcome.placement.estimated_ms if outcome.placement else 0.0)
 
 
 def _groups(outcome: Outcome) -> dict[str, dict[str, np.ndarray]]:

@@ -29,15 +29,20 @@ import numpy as np
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.server.admission import Admission
 from gradwire.server.backend import Backend
-from gradwire.server.driver import Computation
+from gradwire.server.placement import check_placement
+from gradwire.server.job_steps import StepPlan, Steps
 from gradwire.server.status import NotFound
 from gradwire.server.store import GraphStore, Registered, check_params
 from gradwire.worker.cancel import CancelToken
 from gradwire.worker.optim import from_config, optimizer_from_json
-from gradwire.worker.validate import GraphError, LimitError
+from gradwire.worker.budget import estimate
+from gradwire.worker.jobdata import BatchOrder
+from gradwire.worker.spec import TensorSpec
+from gradwire.worker.validate import GraphError, LimitError, infer
 
 log = logging.getLogger("gradwire.server")
 FINAL_STATES = ("done", "failed", "cancelled")
+EVENTS_WRITE_S = 0.5  # how often a running job appends its new events to events.jsonl
 
 
 @dataclass
@@ -54,6 +59,7 @@ class JobSpec:
     shards: int
     data_path: str
     name: str = ""
+    placement: str = ""  # requested: "", "auto", "ray" or "local"
 
 
 def _regular_file(path: Path | str) -> Path:
@@ -166,6 +172,9 @@ class JobRun:
     cancel_requested: bool = False
     changed: threading.Condition = field(default_factory=threading.Condition)
     _waiters: list = field(default_factory=list)  # (event loop, asyncio.Event) of async watchers
+    _unwritten: list = field(default_factory=list)  # events not yet appended to events.jsonl
+    _written_at: float = 0.0
+    placement: str = ""  # where the steps run and why
 
     @property
     def steps_per_epoch(self) -> int:
@@ -178,17 +187,27 @@ class JobRun:
     def info(self) -> pb.JobInfo:
         return pb.JobInfo(job_id=self.spec.job_id, state=self.state, step=self.step, total_steps=self.total_steps,
                           epoch=self.step // max(1, self.steps_per_epoch), loss=self.loss, error=self.error,
-                          graph_id=self.spec.graph_id, name=self.spec.name)
+                          graph_id=self.spec.graph_id, name=self.spec.name, placement=self.placement)
 
-    def emit(self, event: dict) -> None:
-        with open(self.directory / "events.jsonl", "a") as f:
-            f.write(json.dumps(event) + "\n")
+    def emit(self, event: dict, durable: bool = False) -> None:
+        """Record an event; the log file is appended in batches (every ``EVENTS_WRITE_S``, at
+        checkpoints and state changes: ``durable``), not once per step."""
+        self._unwritten.append(event)
+        if durable or time.monotonic() - self._written_at > EVENTS_WRITE_S:
+            self.write_events()
         with self.changed:
             self.events.append(event)
             self.changed.notify_all()
             waiters = list(self._waiters)
         for loop, ready in waiters:
             loop.call_soon_threadsafe(ready.set)
+
+    def write_events(self) -> None:
+        if self._unwritten:
+            with open(self.directory / "events.jsonl", "a") as f:
+                f.write("".join(json.dumps(e) + "\n" for e in self._unwritten))
+            self._unwritten.clear()
+        self._written_at = time.monotonic()
 
     async def wait_for_events(self, seen: int, timeout: float) -> None:
         """Return once the job has more than ``seen`` events, or after ``timeout`` s; holds no thread."""
@@ -204,6 +223,15 @@ class JobRun:
         finally:
             with self.changed:
                 self._waiters.remove(waiter)
+
+
+def _step_flops(reg: Registered, batch_size: int) -> float:
+    """The estimated floating-point work of one step of ``batch_size`` rows."""
+    program = reg.program
+    sources = {name: TensorSpec(tuple(batch_size if d is None else d for d in spec.shape), spec.dtype)
+               for name, spec in program.graph.sources().items()}
+    specs, _ = infer(program.graph, program.order, sources, program.limits)
+    return estimate(program, specs).flops
 
 
 class JobManager:
@@ -229,6 +257,7 @@ class JobManager:
     def submit(self, header: pb.JobHeader, reg: Registered, params: dict[str, np.ndarray],
                uploaded: dict[str, np.ndarray]) -> JobRun:
         optimizer = optimizer_from_json(header.optimizer_json)
+        check_placement(header.placement)
         if header.epochs < 1:
             raise GraphError(f"epochs must be >= 1, got {header.epochs}")
         check_params(reg.program, params, partial=False)
@@ -253,7 +282,7 @@ class JobManager:
         _save_npz_atomic(directory / "params0.npz", params)
         spec = JobSpec(job_id, reg.graph_id, optimizer, int(header.batch_size), int(header.epochs),
                        int(header.seed), int(header.checkpoint_every), int(header.shards or self.default_shards),
-                       data_path, header.name)
+                       data_path, header.name, header.placement)
         (directory / "job.json").write_text(json.dumps(spec.__dict__))
         run = JobRun(spec, reg, data, dict(params), directory, n)
         self._start(run)
@@ -336,8 +365,23 @@ class JobManager:
         resumed = run.opt_state is not None
         if not resumed:
             run.opt_state = optimizer.init(run.params)
+        try:
+            steps = self.backend.job_steps(self._step_plan(run))
+        except Exception as exc:  # noqa: BLE001 - e.g. the dataset does not fit the object store
+            log.exception("job %s cannot start", spec.job_id)
+            run.error = f"cannot start: {exc}"
+            self._set_state(run, "failed")
+            return
+        run.placement = steps.placement.describe()
         self._set_state(run, "running", f"resumed from step {run.step}" if resumed else "")
         started, started_step = time.perf_counter(), run.step
+        try:
+            self._steps(run, steps, optimizer, started, started_step)
+        finally:
+            steps.close()
+
+    def _steps(self, run: JobRun, steps: Steps, optimizer, started: float, started_step: int) -> None:
+        spec = run.spec
         try:
             while run.step < run.total_steps:
                 if run.cancel_requested:
@@ -345,21 +389,11 @@ class JobManager:
                     return
                 if self._stopping.is_set():
                     return  # server shutdown: the last checkpoint resumes it
-                epoch, index = divmod(run.step, run.steps_per_epoch)
-                order = np.random.default_rng([spec.seed, epoch]).permutation(run.n_examples)
-                rows = np.sort(order[index * spec.batch_size:(index + 1) * spec.batch_size])
-                batch = {k: np.ascontiguousarray(v[rows]) for k, v in run.data.items()}
-                job = Computation(run.reg, run.params, None, batch, None, (), spec.shards,  # a step's params are used once
-                          self.check_finite)
-                outcome = self._step(job, run)
+                outcome = self._step(steps, run)
                 run.params, run.opt_state = optimizer.update(run.params, outcome.result.grads, run.opt_state)
                 run.step += 1
                 run.loss = outcome.result.loss
-                elapsed = time.perf_counter() - started
-                rate = (run.step - started_step) * spec.batch_size / elapsed if elapsed > 0 else 0.0
-                eta = (run.total_steps - run.step) * spec.batch_size / rate if rate else 0.0
-                run.emit({"step": run.step, "epoch": epoch, "loss": run.loss, "examples_per_s": rate,
-                          "eta_s": eta, "state": "running", "total_steps": run.total_steps})
+                self._progress(run, started, started_step)
                 if spec.checkpoint_every and run.step % spec.checkpoint_every == 0:
                     self._checkpoint(run, "checkpoint.npz")
             self._checkpoint(run, "final.npz")
@@ -374,16 +408,31 @@ class JobManager:
             run.error = str(exc)
             self._set_state(run, "failed")
 
-    def _step(self, job: Computation, run: JobRun):
+    def _step_plan(self, run: JobRun) -> StepPlan:
+        spec = run.spec
+        order = BatchOrder(spec.seed, run.n_examples, spec.batch_size)
+        return StepPlan(run.reg, run.data, order, spec.shards, self.check_finite, run.total_steps,
+                        spec.placement, _step_flops(run.reg, spec.batch_size))
+
+    def _step(self, steps: Steps, run: JobRun):
         """One step's compute, holding a compute slot like any request (waiting for it)."""
         cancel = CancelToken(probe=lambda: run.cancel_requested or self._stopping.is_set())
         self.admission.wait_slot(cancel)
         try:
-            return self.backend.compute(job, cancel)
+            return steps.run(run.step, run.params, cancel)
         finally:
             self.admission.give_slot()
 
+    def _progress(self, run: JobRun, started: float, started_step: int) -> None:
+        spec = run.spec
+        elapsed = time.perf_counter() - started
+        rate = (run.step - started_step) * spec.batch_size / elapsed if elapsed > 0 else 0.0
+        eta = (run.total_steps - run.step) * spec.batch_size / rate if rate else 0.0
+        run.emit({"step": run.step, "epoch": (run.step - 1) // run.steps_per_epoch, "loss": run.loss,
+                  "examples_per_s": rate, "eta_s": eta, "state": "running", "total_steps": run.total_steps})
+
     def _checkpoint(self, run: JobRun, name: str) -> None:
+        run.write_events()  # the log holds every event up to the checkpoint it may resume from
         _save_npz_atomic(run.directory / name, _flatten_state(run.params, run.opt_state, {"step": run.step}))
 
     def _set_state(self, run: JobRun, state: str, message: str = "") -> None:
@@ -392,7 +441,7 @@ class JobManager:
             (run.directory / "state").write_text(state)
         run.emit({"step": run.step, "epoch": run.step // max(1, run.steps_per_epoch), "loss": run.loss,
                   "examples_per_s": 0.0, "eta_s": 0.0, "state": state, "total_steps": run.total_steps,
-                  "message": message or run.error})
+                  "message": message or run.error or (run.placement if state == "running" else "")}, durable=True)
 
     # ------------------------------------------------------------------ queries
 

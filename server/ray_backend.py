@@ -34,7 +34,10 @@ import ray  # noqa: E402
 from ray.exceptions import (  # noqa: E402
     GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError, WorkerCrashedError)
 
+from gradwire.server.backend import LocalBackend  # noqa: E402
 from gradwire.server.driver import Computation, Outcome, WorkerLost, drive  # noqa: E402
+from gradwire.server.job_steps import LocalSteps, StepPlan, Steps  # noqa: E402
+from gradwire.server.placement import Placement, Planner, measure_flops_per_ms, measure_round_trip_ms  # noqa: E402
 from gradwire.server.config import ServerConfig  # noqa: E402
 from gradwire.worker.cancel import Cancelled, CancelToken  # noqa: E402
 from gradwire.worker.ray_worker import ShardWorker, Stopped  # noqa: E402
@@ -78,6 +81,15 @@ class RayBackend:
             raise RuntimeError(
                 f"{config.workers} Ray workers of {config.worker_cpus} CPU each did not start within "
                 f"{_STARTUP_TIMEOUT_S:.0f}s; the cluster has {ray.cluster_resources().get('CPU', 0)} CPUs") from None
+        # this process computes what placement keeps here with the workers' BLAS threads: the same bits
+        from threadpoolctl import threadpool_limits
+
+        self._blas_limit = threadpool_limits(limits=config.blas_threads)
+        self.local = LocalBackend()
+        self.planner = Planner(config.placement, config.workers, measure_flops_per_ms(),
+                               measure_round_trip_ms(lambda: ray.get(self.workers[0].identity.remote())))
+        log.info("placement %s: %.0f MFLOP/s here, a worker round trip %.2f ms", config.placement,
+                 self.planner.flops_per_ms / 1e3, self.planner.round_trip_ms)
         self._graph_refs: LruCache[str, ray.ObjectRef] = LruCache(64)
         # params_key -> (the parameter object put, the key workers cache it by, its ref)
         self._param_refs: LruCache[str, tuple[dict, str, ray.ObjectRef]] = LruCache(4)
@@ -132,7 +144,19 @@ class RayBackend:
         return worker_key, ref, job.params_key is not None
 
     def compute(self, computation: Computation, cancel: CancelToken) -> Outcome:
-        return drive(self, computation, cancel, self.config.max_retries)
+        placement = self.planner.place(computation.flops, computation.placement)
+        if placement.where == "local":
+            outcome = self.local.compute(computation, cancel)
+        else:
+            outcome = drive(self, computation, cancel, self.config.max_retries)
+        outcome.placement = placement
+        return outcome
+
+    def job_steps(self, plan: StepPlan) -> Steps:
+        placement = self.planner.place(plan.flops, plan.placement)
+        if placement.where == "local":
+            return LocalSteps(plan, self.local, placement)
+        return RaySteps(self, plan, placement)
 
     # ------------------------------------------------------------------ driver.Pool
 
@@ -149,13 +173,11 @@ class RayBackend:
                cancel: CancelToken):
         if block not in refs.rows:  # a block's rows are put once, when they are in; retries reuse them
             refs.rows[block] = ray.put(computation.rows(shards))
-        deadline = cancel.deadline  # what every task is told: the same instant on the wall clock
-        wall_deadline = None if deadline is None else time.time() + (deadline - time.monotonic())
         handle = self.workers[worker]
         ref = handle.run_shards.remote(
             computation.graph.graph_id, [refs.graph], refs.params_key, [refs.params], refs.rows[block], shards,
             computation.wrt, computation.fetch, computation.check_finite, computation.graph.program.limits,
-            wall_deadline, refs.reuse)
+            _wall(cancel), refs.reuse)
         refs.handles[ref] = handle
         return ref
 
@@ -205,3 +227,75 @@ class _Refs:
     reuse: bool
     rows: dict = field(default_factory=dict)
     handles: dict = field(default_factory=dict)  # task ref -> the actor handle that ran it
+
+
+class RaySteps:
+    """A training job's steps on the workers: its dataset put into the object store once (each
+    worker fetches it once and keeps it), then per step one put of the parameters and one task
+    per worker, which gathers its own rows (``ShardWorker.run_job_step``)."""
+
+    def __init__(self, backend: RayBackend, plan: StepPlan, placement: Placement):
+        self.backend, self.plan, self.placement = backend, plan, placement
+        self.data_ref = ray.put(plan.data)
+        self.key = f"d-{uuid.uuid4().hex}"  # the workers' name for this job's data
+        self.step = 0
+
+    def run(self, step: int, params: dict, cancel: CancelToken) -> Outcome:
+        plan = self.plan
+        rows = min(plan.order.batch_size, plan.order.n_examples - (step % plan.order.steps_per_epoch) *
+                   plan.order.batch_size)
+        self.step = step
+        computation = Computation(plan.reg, params, None, {}, None, (), plan.shards, plan.check_finite, examples=rows)
+        outcome = drive(_StepPool(self), computation, cancel, self.backend.config.max_retries)
+        outcome.placement = self.placement
+        return outcome
+
+    def close(self) -> None:
+        self.data_ref = None  # the object store frees the dataset
+
+
+class _StepPool:
+    """The driver's pool for one job step: one slot and one block of shards per worker."""
+
+    def __init__(self, steps: RaySteps):
+        self.steps, self.backend = steps, steps.backend
+
+    def slots(self) -> list[int]:
+        return list(range(len(self.backend.workers)))
+
+    def block_size(self, n_shards: int, fetching: bool) -> int:
+        block = 1  # the smallest aligned block that needs no more blocks than workers
+        while -(-n_shards // block) > len(self.backend.workers):
+            block *= 2
+        return block
+
+    def prepare(self, computation: Computation) -> _Refs:
+        graph = computation.graph
+        graph_ref = self.backend._graph_refs.get_or_make(graph.graph_id, lambda: ray.put(graph.proto_bytes))
+        return _Refs(graph_ref, "", ray.put(computation.params), False)  # one put per step
+
+    def submit(self, refs: _Refs, computation: Computation, block: int, shards: list, worker: int,
+               cancel: CancelToken):
+        steps, handle = self.steps, self.backend.workers[worker]
+        ref = handle.run_job_step.remote(
+            steps.key, [steps.data_ref], steps.plan.order, steps.step, computation.graph.graph_id, [refs.graph],
+            refs.params, shards, computation.check_finite, computation.graph.program.limits, _wall(cancel))
+        refs.handles[ref] = handle
+        return ref
+
+    def wait(self, handles: list, timeout: float) -> list:
+        return self.backend.wait(handles, timeout)
+
+    def collect(self, ref) -> tuple:
+        return self.backend.collect(ref)
+
+    def replace(self, refs: _Refs, worker: int, ref) -> None:
+        self.backend.replace(refs, worker, ref)
+
+    def cancel(self, handles: list) -> None:
+        self.backend.cancel(handles)
+
+
+def _wall(cancel: CancelToken) -> float | None:
+    """The token's deadline as wall-clock time: what processes on every node share."""
+    return None if cancel.deadline is None else time.time() + (cancel.deadline - time.monotonic())

@@ -517,3 +517,27 @@ def test_raw_request_with_a_mis_declared_sum_is_invalid_argument(address, method
     details = err.value.details()
     for fragment in ("sum over the batch (node 'loss', op 'sum')", "batch_reduction='mean'", "declare 'sum'"):
         assert fragment in details, details
+
+
+def test_a_fetched_value_that_couples_examples_keeps_the_batch_whole(start_server):
+    """x @ x.T mixes every pair of examples: fetched from a sharded request it would come back
+    as the shards' diagonal blocks (or fail to concatenate): the request runs whole instead."""
+    g = gw.Graph()
+    x = g.input("x", (None, 3))
+    w = g.param("w", (3,))
+    t = gw.matmul(x, gw.transpose(x))
+    g.set_loss(gw.sum(x * w), batch_reduction="sum")
+    rng = np.random.default_rng(0)
+    params, batch = {"w": rng.standard_normal(3).astype(np.float32)}, {"x": rng.standard_normal((5, 3)).astype(np.float32)}
+    want = batch["x"] @ batch["x"].T
+    local = gw.local(shards=2).run(g, params, batch, fetch=(t.name,))
+    np.testing.assert_allclose(local.outputs[t.name], want, rtol=1e-5)
+    _, address = start_server(shards=2)
+    with gw.connect(address) as client:
+        remote = client.run(g, params, batch, fetch=(t.name,))
+    np.testing.assert_allclose(remote.outputs[t.name], want, rtol=1e-5)
+    assert remote.info["shard_count"] == 1 and "fetched value" in remote.info["sharding"]
+    # per-example fetches still shard
+    with gw.connect(address) as client:
+        per_example = client.run(g, params, batch, fetch=((x * w).name,))
+    assert per_example.info["shard_count"] == 2

@@ -38,7 +38,8 @@ def _job_inputs():
 
 
 def _same_blas() -> bool:
-    cores = sorted({i.get("internal_api", "") + ":" + str(i.get("architecture", "")) for i in threadpool_info()})
+    cores = sorted({i.get("internal_api", "") + ":" + str(i.get("architecture", "")) for i in threadpool_info()
+                    if i.get("user_api") == "blas"})
     return json.loads(str(PINNED["meta"]))["blas"] == cores
 
 
@@ -71,6 +72,6 @@ def test_local_jobs_keep_their_pinned_bits():
 @pytest.mark.ray
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_ray_jobs_keep_their_pinned_bits_on_any_worker_count(ray_cluster, workers):
-    finals = _train(backend="ray", ray_address=ray_cluster.address, workers=workers,
+    finals = _train(backend="ray", ray_address=ray_cluster.address, workers=workers, placement="ray",
                     worker_cpus=1.0 if workers < 4 else 0.5)
     _assert_pinned(finals, "ray2")

@@ -100,7 +100,7 @@ def _assert_bitwise(loss, grads, want_loss, want_grads, what=""):
 
 def _config(ray_cluster, **overrides) -> ServerConfig:
     values = dict(port=0, backend="ray", ray_address=ray_cluster.address, workers=2, worker_cpus=0.5,
-                  shards=SHARDS, grace_seconds=0.0)
+                  shards=SHARDS, grace_seconds=0.0, placement="ray")  # this suite is about the workers
     values.update(overrides)
     return ServerConfig(**values)
 

@@ -31,7 +31,7 @@ def _job_inputs():
 
 def _train(ray_cluster, tmp_path, workers: int):
     g, params, data = _job_inputs()
-    server, port = create_server(ServerConfig(port=0, backend="ray", ray_address=ray_cluster.address,
+    server, port = create_server(ServerConfig(port=0, backend="ray", ray_address=ray_cluster.address, placement="ray",
                                               workers=workers, worker_cpus=0.5, shards=4,
                                               job_dir=str(tmp_path / f"jobs{workers}")))
     try:

@@ -84,6 +84,7 @@ def test_loopback_classification():
 
 def test_ray_listens_on_loopback_only(ray_cluster):
     server, port = create_server(ServerConfig(port=0, backend="ray", ray_address=ray_cluster.address, workers=2,
+                                              placement="ray",
                                               worker_cpus=0.5))
     try:
         with gw.connect(f"127.0.0.1:{port}") as client:  # make sure workers are up and serving

@@ -320,28 +320,25 @@ def test_job_watchers_do_not_silence_the_server(start_server, loop):
             _on(loop, _close(channel, calls))
 
 
-class _CountingBackend:
-    """The local backend, counting how many computations run at once."""
+from gradwire.server.backend import LocalBackend  # noqa: E402
+
+
+class _CountingBackend(LocalBackend):
+    """The local backend, counting how many blocks of shards run at once."""
 
     def __init__(self):
-        from gradwire.server.backend import LocalBackend
-
-        self.inner, self.name, self.default_shards = LocalBackend(), "local", 1
         self.lock, self.running, self.most = threading.Lock(), 0, 0
 
-    def compute(self, job, cancel):
+    def submit(self, *args):
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
         try:
             time.sleep(0.005)  # long enough for overlaps to show
-            return self.inner.compute(job, cancel)
+            return super().submit(*args)
         finally:
             with self.lock:
                 self.running -= 1
-
-    def close(self):
-        pass
 
 
 def test_training_jobs_count_against_admission(start_server):

@@ -169,6 +169,20 @@ class LossBatching:
 
     reduction: str | None
     reason: str
+    values: dict = field(default_factory=dict, compare=False, repr=False)  # every value's Batch
+
+    def fetch_reason(self, specs: dict[str, TensorSpec], fetched) -> str | None:
+        """Why fetching these values forbids cutting the batch, if it does: combining concatenates
+        a fetched value's shards along its batch (unknown) axis, or stacks them when it has none,
+        so a value that couples examples, or carries the batch along another axis, must be whole."""
+        for name in fetched:
+            b = self.values.get(name)
+            if b is None:
+                continue
+            axis = specs[name].shape.index(None) if None in specs[name].shape else None
+            if b.kind == "coupled" or (b.kind == "rows" and b.axis != axis):
+                return f"fetched value {name!r} is not per-example ({b.describe()}{': ' + b.why if b.why else ''})"
+        return None
 
     @property
     def summary(self) -> str:
@@ -179,14 +193,15 @@ class LossBatching:
 
 
 def loss_batching(graph, order, specs, attrs, ops) -> LossBatching:
-    b = value_batching(graph, order, specs, attrs, ops)[graph.loss]
+    values = value_batching(graph, order, specs, attrs, ops)
+    b = values[graph.loss]
     if b.reduced:
-        return LossBatching(b.kind, f"the loss is a {b.kind} over the batch ({b.origin})")
+        return LossBatching(b.kind, f"the loss is a {b.kind} over the batch ({b.origin})", values)
     if b.kind == "free":
-        return LossBatching(None, "the loss does not depend on the batch")
+        return LossBatching(None, "the loss does not depend on the batch", values)
     if b.kind == "rows":  # a scalar loss has no axis; kept for completeness
-        return LossBatching(None, "the loss keeps the batch axis")
-    return LossBatching(None, f"the loss couples examples: {b.why}")
+        return LossBatching(None, "the loss keeps the batch axis", values)
+    return LossBatching(None, f"the loss couples examples: {b.why}", values)
 
 
 def analyse(program) -> LossBatching:

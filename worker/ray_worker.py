@@ -27,9 +27,11 @@ import numpy as np
 from gradwire.worker.cancel import Cancelled, CancelToken
 from gradwire.worker.codec import graph_from_bytes
 from gradwire.worker.engine import Program, Result
+from gradwire.worker.jobdata import BatchOrder, gather
 from gradwire.worker.lru import LruCache
 from gradwire.worker.shards import Shard, run_block
 
+_JOBS_KEPT = 4  # datasets of this many training jobs stay on a worker
 _ONE_SHOT_SETS = 2  # a request's own parameter set serves only its tasks: keep the last few, not 16
 
 
@@ -52,6 +54,9 @@ class ShardWorker:
         self._programs: LruCache[str, Program] = LruCache(cache_size)
         self._params: LruCache[str, dict[str, np.ndarray]] = LruCache(cache_size)  # reusable sets (sessions, ...)
         self._one_shot: LruCache[str, dict[str, np.ndarray]] = LruCache(_ONE_SHOT_SETS)  # a plain request's
+        # training jobs' datasets, by the driver's key for the job: fetched once, kept for the job's life
+        self._datasets: LruCache[str, tuple[dict[str, np.ndarray], dict]] = LruCache(_JOBS_KEPT)
+        self.counts = {"datasets_fetched": 0, "job_tasks": 0}  # what a job's steps cost this worker
 
     def identity(self) -> dict:
         node = ""
@@ -85,13 +90,46 @@ class ShardWorker:
     def _run_shards(self, cancel: CancelToken, graph_id, graph_ref, params_key, params_ref, batch, shards,
                     wrt, fetch, check_finite, limits, reuse) -> tuple[Result, list[dict]]:
         cancel.check()  # cancelled while it was queued, or the deadline passed on the way
-        program = self._programs.get_or_make(graph_id, lambda: Program(graph_from_bytes(_resolve(graph_ref[0]), limits), limits))
+        program = self._program(graph_id, graph_ref, limits)
         cache = self._params if reuse else self._one_shot
         params = cache.get_or_make(params_key, lambda: _resolve(params_ref[0]))
         result, ms = run_block(program, params, batch, shards, wrt=wrt, fetch=fetch, check_finite=check_finite,
                                cancel=cancel)
         identity = self.identity()
         return result, [{**identity, "ms": m} for m in ms]
+
+
+    def run_job_step(self, job_key: str, data_ref: list, order: BatchOrder, step: int, graph_id: str,
+                     graph_ref: list, params: dict[str, np.ndarray], shards: list[Shard], check_finite: bool,
+                     limits, deadline: float | None = None) -> tuple[Result, list[dict]] | Stopped:
+        """A block of shards of a training job's step: the worker gathers its rows of the step
+        from the job's dataset (fetched through ``data_ref`` once per job, then kept) in the
+        seeded order, so a step brings it only the step number and the parameters (which Ray
+        resolves zero-copy from the node's object store)."""
+        cancel = task_token(deadline)
+        try:
+            cancel.check()
+            program = self._program(graph_id, graph_ref, limits)
+            self.counts["job_tasks"] += 1
+            data, permutations = self._datasets.get_or_make(job_key, lambda: self._fetch_dataset(data_ref))
+            rows = order.rows(step, permutations)[shards[0].start:shards[-1].stop]
+            result, ms = run_block(program, params, gather(data, rows), shards, check_finite=check_finite,
+                                   cancel=cancel)
+        except Cancelled as exc:
+            return Stopped(str(exc), exc.deadline_passed)
+        identity = self.identity()
+        return result, [{**identity, "ms": m} for m in ms]
+
+    def _fetch_dataset(self, data_ref: list) -> tuple[dict[str, np.ndarray], dict]:
+        self.counts["datasets_fetched"] += 1
+        return _resolve(data_ref[0]), {}
+
+    def stats(self) -> dict:
+        return dict(self.counts)
+
+    def _program(self, graph_id: str, graph_ref: list, limits) -> Program:
+        return self._programs.get_or_make(
+            graph_id, lambda: Program(graph_from_bytes(_resolve(graph_ref[0]), limits), limits))
 
 
 def task_token(deadline: float | None) -> CancelToken:

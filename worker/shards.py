@@ -66,12 +66,19 @@ class Shard:
 WHOLE = Shard(0, 0, 0, 1.0, whole=True)
 
 
-def plan_shards(program: Program, batch: dict[str, np.ndarray], n_shards: int) -> list[Shard]:
+def plan_shards(program: Program, batch: dict[str, np.ndarray], n_shards: int, fetch=()) -> list[Shard]:
     """The request's shards: ``WHOLE`` when nothing is batched, else the plan of ``shard_plan``."""
     n = batch_size(program, batch)
-    if n is None:
-        return [WHOLE]
-    return [Shard(i, a, b, shard_weight(program, n, a, b)) for i, (a, b) in enumerate(shard_plan(program, n, n_shards))]
+    return [WHOLE] if n is None else plan_rows(program, n, n_shards, fetch)
+
+
+def plan_rows(program: Program, n_examples: int, n_shards: int, fetch=()) -> list[Shard]:
+    """The shards of a batch of ``n_examples`` rows; one whole-batch shard when a value fetched
+    (``fetch``, else the graph's outputs) is not per-example."""
+    if unshardable_fetch(program, fetch):
+        n_shards = 1
+    return [Shard(i, a, b, shard_weight(program, n_examples, a, b))
+            for i, (a, b) in enumerate(shard_plan(program, n_examples, n_shards))]
 
 
 def run_block(program: Program, params: dict[str, np.ndarray], batch: dict[str, np.ndarray],
@@ -86,6 +93,11 @@ def run_block(program: Program, params: dict[str, np.ndarray], batch: dict[str, 
         results.append(program.run(params, shard.rows(program, batch, base), loss_scale=shard.weight, **run_kwargs))
         ms.append((time.perf_counter() - t) * 1e3)
     return combine(results, program), ms
+
+
+def unshardable_fetch(program: Program, fetch=()) -> str | None:
+    """Why the fetched values keep the batch whole, if they do."""
+    return program.loss_batching.fetch_reason(program.specs, tuple(fetch) or program.graph.outputs)
 
 
 def shard_plan(program: Program, n_examples: int, n_shards: int) -> list[tuple[int, int]]:
@@ -159,7 +171,8 @@ def run_sharded(program: Program, params: dict[str, np.ndarray], batch: dict[str
                 n_shards: int = 1, **run_kwargs) -> Result:
     """Run every shard in this process and combine: the in-process twin of the Ray backend."""
     n = batch_size(program, batch)
-    if n is None or n_shards <= 1 or program.loss_batching.reduction is None:
+    if n is None or n_shards <= 1 or program.loss_batching.reduction is None or \
+            unshardable_fetch(program, run_kwargs.get("fetch", ())):
         return program.run(params, batch, **run_kwargs)
     program.bind(params, batch)  # reject a bad request once, before any shard runs
     results = [

@@ -36,7 +36,8 @@ for name, cfg in [("local", dict(backend="local", shards=4)),
                         out[f"{name}/{opt_name}/{k}"] = v
         finally:
             server.stop(0)
-cores = sorted({i.get("internal_api", "") + ":" + str(i.get("architecture", "")) for i in threadpool_info()})
+cores = sorted({i.get("internal_api", "") + ":" + str(i.get("architecture", "")) for i in threadpool_info()
+                if i.get("user_api") == "blas"})
 out["meta"] = np.array(json.dumps({"blas": cores}))
 np.savez("tests/data/job_bits_v1.npz", **out)
 print("pinned", sorted(out))
