@@ -116,43 +116,23 @@ def _job_with_data_path(path: str) -> str:
     return (bytes([3]) + _varint(len(message)) + message).hex()
 
 
-KNOWN_BUGS: list[dict] = [
-    {"name": "sharded-fetch-of-a-batch-coupled-value", "kind": "Compute",
-     "match": [("INTERNAL", ("in _concat_or_stack",)), ("OK", ("shards and one shard disagree", "outputs/"))],
-     "summary": "Compute of a sum loss over x (-1, 3) with shards=2 that fetches t = matmul(x, transpose(x)), "
-                "a value coupling the examples: with 5 rows (shards of 3 and 2) the answer is INTERNAL "
-                "(combine's _concat_or_stack in worker/shards.py concatenates the shards' (3, 3) and (2, 2) "
-                "blocks: ValueError); with 4 rows it is OK but wrong, t float32[4, 2] instead of [4, 4] (the "
-                "diagonal blocks stacked). Sharding follows the loss only; fetched values are not checked",
-     "inputs": [("5-rows-2-shards", ("000aa9010aa1010a140a0178120f0801120bffffffffffffffffff0103120a0a017712050801120103222b0a0b7472616e73"
-                "706f73655f3012097472616e73706f73651a0178220e0a047065726d12062a040a020100221b0a017412066d61746d756c1a"
-                "01781a0b7472616e73706f73655f3022120a056d756c5f3112036d756c1a01781a017722130a0573756d5f32120373756d1a"
-                "056d756c5f312a0573756d5f323a0373756d320174380212160a017710011a01032a0c0000803f0000803f0000803f1a470a"
-                "017810011a0205032a3c0000803f0000803f0000803f0000803f0000803f0000803f0000803f0000803f0000803f0000803f"
-                "0000803f0000803f0000803f0000803f0000803f")),
-                ("4-rows-2-shards", ("000aa9010aa1010a140a0178120f0801120bffffffffffffffffff0103120a0a017712050801120103222b0a0b7472616e73"
-                "706f73655f3012097472616e73706f73651a0178220e0a047065726d12062a040a020100221b0a017412066d61746d756c1a"
-                "01781a0b7472616e73706f73655f3022120a056d756c5f3112036d756c1a01781a017722130a0573756d5f32120373756d1a"
-                "056d756c5f312a0573756d5f323a0373756d320174380212160a017710011a01032a0c0000803f0000803f0000803f1a3b0a"
-                "017810011a0204032a300000803f0000803f0000803f0000803f0000803f0000803f0000803f0000803f0000803f0000803f"
-                "0000803f0000803f"))]},
+KNOWN_BUGS: list[dict] = [  # none open; an entry: {"name", "kind" (None: any), "match": [(status,
+    # (substring, ...)), ...], "summary", "inputs": [(label, hex or None for _job_with_data_path(label))]}
 ]
 
-# Not a violation of the property in-process, but on the wire: a status message longer than
-# gRPC's 8 KiB metadata limit never reaches the client, which gets RESOURCE_EXHAUSTED
-# "Stream removed (received metadata size exceeds soft limit ...)" instead of the server's
-# status. Error messages quote client-chosen names whole (here an op name of 7000 bytes);
-# the harness counts such answers (``details_too_long``) and tests/test_fuzz.py replays this
-# one against a real server.
+# Found by this harness, fixed in 2c7ac4d (ASCII) and 350ad72 (by encoded size): a status
+# message longer than gRPC's metadata limits (8 KiB soft, 16 KiB hard, percent-encoded: a
+# non-ASCII byte takes 3) never reached the client, which got RESOURCE_EXHAUSTED "Stream
+# removed (received metadata size exceeds ... limit)" instead of the server's status. Error
+# messages quote client-chosen names whole (here an op name). Since the fix a status message
+# over DETAILS_LIMIT breaks the property; tests/test_fuzz.py sends these to a real server.
 LONG_DETAILS_BUG = {
     "name": "status-details-over-grpc-metadata-limit",
-    "summary": "RegisterGraph of a node whose op name is 3000 '€' is answered INVALID_ARGUMENT with a message "
-               "quoting the name, clipped to 2000 characters; gRPC percent-encodes each non-ASCII byte as 3, "
-               "so the grpc-message trailer takes 18 kB, over the client's 16 KiB hard limit, and the client "
-               "receives RESOURCE_EXHAUSTED 'Stream removed (received metadata size exceeds hard limit)' "
-               "instead (3000 'é', 12 kB, fails at random: over the 8 KiB soft limit). Clip by encoded bytes",
-    "request": "RegisterGraph", "op_names": [("€", 3000)],
-    "fixed": [("x", 7000)],  # clipped to 2000 characters since 2c7ac4d
+    "summary": "RegisterGraph of a node whose op name is 7000 'x' or 3000 '€' was answered INVALID_ARGUMENT "
+               "with a message quoting the name (14 kB, 54 kB on the wire); the client received "
+               "RESOURCE_EXHAUSTED 'Stream removed (received metadata size exceeds soft/hard limit)'",
+    "request": "RegisterGraph", "op_names": [],  # still open: none
+    "fixed": [("x", 7000), ("€", 3000), ("é", 3000)],
 }
 # found by this harness, fixed in 2c7ac4d: a damaged .npz (empty, truncated, not a zip, bad CRC),
 # an empty .npy in a dataset directory or a bare .npy file named as a job's data_path was
@@ -199,6 +179,26 @@ for _bug in KNOWN_BUGS:
 REGRESSIONS += [(f"dataset-{path}", _job_with_data_path(path), "SubmitJob with this data_path was INTERNAL")
                 for path in _FIXED_DATASETS]
 REGRESSIONS.append(("reshape-batched-to-scalar", _FIXED_RESHAPE, "RegisterGraph was INTERNAL (IndexError)"))
+# ... and fixed in 4658c73: Compute of a sum loss over x (-1, 3), shards=2, fetching
+# t = matmul(x, transpose(x)), which couples the examples: with 5 rows it was INTERNAL (the
+# shards' (3, 3) and (2, 2) blocks concatenated: ValueError), with 4 rows OK but wrong (t
+# float32[4, 2], the diagonal blocks, instead of [4, 4]); the differential check saw that one
+REGRESSIONS += [
+    ("sharded-fetch-coupled-5-rows", ("000aa9010aa1010a140a0178120f0801120bffffffffffffffffff0103120a0a017712050801120103222b0a0b747261"
+     "6e73706f73655f3012097472616e73706f73651a0178220e0a047065726d12062a040a020100221b0a017412066d6174"
+     "6d756c1a01781a0b7472616e73706f73655f3022120a056d756c5f3112036d756c1a01781a017722130a0573756d5f32"
+     "120373756d1a056d756c5f312a0573756d5f323a0373756d320174380212160a017710011a01032a0c0000803f000080"
+     "3f0000803f1a470a017810011a0205032a3c0000803f0000803f0000803f0000803f0000803f0000803f0000803f0000"
+     "803f0000803f0000803f0000803f0000803f0000803f0000803f0000803f"),
+     "Compute was INTERNAL (ValueError in shards._concat_or_stack)"),
+    ("sharded-fetch-coupled-4-rows", ("000aa9010aa1010a140a0178120f0801120bffffffffffffffffff0103120a0a017712050801120103222b0a0b747261"
+     "6e73706f73655f3012097472616e73706f73651a0178220e0a047065726d12062a040a020100221b0a017412066d6174"
+     "6d756c1a01781a0b7472616e73706f73655f3022120a056d756c5f3112036d756c1a01781a017722130a0573756d5f32"
+     "120373756d1a056d756c5f312a0573756d5f323a0373756d320174380212160a017710011a01032a0c0000803f000080"
+     "3f0000803f1a3b0a017810011a0204032a300000803f0000803f0000803f0000803f0000803f0000803f0000803f0000"
+     "803f0000803f0000803f0000803f0000803f"),
+     "Compute answered a fetched x @ x.T of shape [4, 2] on 2 shards, [4, 4] on one"),
+]
 
 
 def unpack(data: bytes) -> tuple[str, bool, list[bytes]]:
@@ -327,7 +327,6 @@ class Target:
         self.exceptions: collections.Counter = collections.Counter()
         self.slowest: list[tuple[float, str, str, str]] = []
         self.details_too_long = 0
-        self.details_example: dict | None = None
         self.executions = 0
         self.session_id = b""
         self._base = None
@@ -393,11 +392,12 @@ class Target:
             raise Violation("oom", data, kind, status, self._traceback())
         if not isinstance(details, str):
             raise Violation("details", data, kind, status, f"status details of type {type(details).__name__}")
-        if details_wire_bytes(details) > DETAILS_LIMIT:
+        if details_wire_bytes(details) > DETAILS_LIMIT:  # it would not reach a gRPC client
             self.details_too_long += 1
-            if self.details_example is None or len(data) < len(bytes.fromhex(self.details_example["hex"])):
-                self.details_example = {"kind": kind, "status": status, "hex": data.hex(),
-                                        "details_bytes": details_wire_bytes(details)}
+            raise Violation("details", data, kind, status,
+                            f"status message of {details_wire_bytes(details)} bytes on the wire (percent-encoded); "
+                            f"over {DETAILS_LIMIT} a gRPC client gets RESOURCE_EXHAUSTED 'Stream removed' instead: "
+                            f"{details[:300]!r}...")
         if kind == "Compute" and response is not None and response.summary.info.shard_count > 1:
             self._compare_one_shard(data, messages[0], response)
         if kind == "SubmitJob" and response is not None:
@@ -1588,7 +1588,7 @@ class Worker:
             "ooms": sum(1 for v in bad if v["what"] in ("oom", "memory")),
             "peak_rss_mb": round(peak_rss_mb(), 1), "rss_cap_mb": self.args.rss_mb, "as_cap_mb": self.args.as_mb,
             "statuses": dict(sorted(t.statuses.items())), "exceptions": dict(t.exceptions.most_common(40)),
-            "details_too_long": t.details_too_long, "details_example": t.details_example,
+            "details_too_long": t.details_too_long,
             "slowest": [{"seconds": round(s, 3), "kind": k, "status": st, "hex": h} for s, k, st, h in t.slowest],
             "limits": FUZZ_LIMITS,
         }
@@ -2011,7 +2011,6 @@ def _merge(reports: list[dict], engine: str, wall: float) -> dict:
         "violations": violations, "known": dict(known),
         "known_examples": {k: v for r in reports for k, v in r.get("known_examples", {}).items()},
         "details_too_long": sum(r.get("details_too_long", 0) for r in reports),
-        "details_example": next((r["details_example"] for r in reports if r.get("details_example")), None),
         "statuses": dict(sorted(statuses.items())), "exceptions": dict(exceptions.most_common(40)),
         "slowest": sorted((s for r in reports for s in r.get("slowest", [])), key=lambda s: -s["seconds"])[:5],
         "libfuzzer": [r.get("libfuzzer") for r in reports], "limits": FUZZ_LIMITS,

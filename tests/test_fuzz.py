@@ -141,8 +141,8 @@ def test_known_bug(replayed, bug, request):
         assert not result.get("violation"), f"{label}: {result['kind']} -> {result['status']}\n{result['details']}"
 
 
-_LONG = [pytest.param(c, n, id=f"{c!r}x{n}") for c, n in fuzz.LONG_DETAILS_BUG["fixed"]] + [
-    pytest.param(c, n, id=f"{c!r}x{n}", marks=pytest.mark.xfail(
+_LONG = [pytest.param(c, n, id=f"{ord(c):x}x{n}") for c, n in fuzz.LONG_DETAILS_BUG["fixed"]] + [
+    pytest.param(c, n, id=f"{ord(c):x}x{n}", marks=pytest.mark.xfail(
         strict=False, reason=f"reported bug {fuzz.LONG_DETAILS_BUG['name']}: {fuzz.LONG_DETAILS_BUG['summary']}"))
     for c, n in fuzz.LONG_DETAILS_BUG["op_names"]]
 
