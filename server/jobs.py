@@ -78,7 +78,9 @@ def load_dataset(path: str) -> dict[str, np.ndarray]:
             files = sorted(Path(path).glob("*.npy"))
             if not files:
                 raise ValueError("the directory holds no .npy files")
-            return {f.stem: np.load(_regular_file(f), mmap_mode="r", allow_pickle=False) for f in files}
+            # plain ndarray views of the maps: np.memmap's Python __getitem__ costs each step's gather
+            return {f.stem: np.load(_regular_file(f), mmap_mode="r", allow_pickle=False).view(np.ndarray)
+                    for f in files}
         loaded = np.load(_regular_file(path), allow_pickle=False)
         if isinstance(loaded, np.ndarray):
             raise ValueError("a bare .npy holds one unnamed array; give a .npz or a directory of NAME.npy files")
@@ -170,6 +172,7 @@ class JobRun:
     loss: float = float("nan")
     events: list = field(default_factory=list)
     cancel_requested: bool = False
+    token: CancelToken | None = None  # the running step's: cancelled by CancelJob and by shutdown
     changed: threading.Condition = field(default_factory=threading.Condition)
     _waiters: list = field(default_factory=list)  # (event loop, asyncio.Event) of async watchers
     _unwritten: list = field(default_factory=list)  # events not yet appended to events.jsonl
@@ -416,7 +419,10 @@ class JobManager:
 
     def _step(self, steps: Steps, run: JobRun):
         """One step's compute, holding a compute slot like any request (waiting for it)."""
-        cancel = CancelToken(probe=lambda: run.cancel_requested or self._stopping.is_set())
+        # a flag the engine checks per node; CancelJob and stop() set it (a probe per node costs more)
+        cancel = run.token = CancelToken()
+        if run.cancel_requested or self._stopping.is_set():
+            cancel.cancel("the job was cancelled or the server is stopping")
         self.admission.wait_slot(cancel)
         try:
             return steps.run(run.step, run.params, cancel)
@@ -455,6 +461,8 @@ class JobManager:
     def cancel(self, job_id: str) -> JobRun:
         run = self.get(job_id)
         run.cancel_requested = True
+        if run.token is not None:
+            run.token.cancel("the job was cancelled")
         return run
 
     def list(self) -> list[JobRun]:
@@ -481,5 +489,8 @@ class JobManager:
 
     def stop(self) -> None:
         self._stopping.set()
+        for run in self.list():
+            if run.token is not None:
+                run.token.cancel("the server is stopping")
         for thread in self._threads:
             thread.join(timeout=30)
