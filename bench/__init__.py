@@ -29,6 +29,7 @@ WORKLOAD_MODULES = (
     "gradwire.bench.workloads_service",
     "gradwire.bench.workloads_ray",
     "gradwire.bench.workloads_train",
+    "gradwire.bench.workloads_jobs",
     "gradwire.bench.workloads_robust",
 )
 
