@@ -10,7 +10,7 @@ import numpy as np
 
 from gradwire.client.errors import NotFound
 from gradwire.client.graph import Graph, GraphCache
-from gradwire.client.transport import DEFAULT_MAX_MESSAGE_BYTES, Transport
+from gradwire.client.transport import DEFAULT_MAX_MESSAGE_BYTES, TlsOptions, Transport
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.worker.codec import (
     DEFAULT_CHUNK_BYTES, Assembler, assemble, graph_id_of_proto, graph_to_proto, one_message, stream_messages,
@@ -75,10 +75,15 @@ def _wire_form(graph_def: GraphDef) -> tuple[pb.Graph, str]:
 class Client:
     def __init__(self, address: str, timeout: float | None = 30.0, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, shards: int = 0, max_attempts: int = 5,
-                 placement: str = ""):
+                 placement: str = "", tls: bool = False, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None):
         """``shards`` (0: the server's plan) and ``placement`` ("": the server's; "auto", "ray"
-        or "local") apply to every request of this client."""
-        self.transport = Transport(address, timeout, max_message_bytes, max_attempts)
+        or "local") apply to every request of this client. ``tls=True`` (implied by ``ca``,
+        ``cert`` or ``key``) speaks TLS, trusting the CA bundle ``ca`` (else the system's
+        roots); ``cert`` and ``key`` present a client certificate (mutual TLS)."""
+        secure = tls or any(x is not None for x in (ca, cert, key))
+        self.transport = Transport(address, timeout, max_message_bytes, max_attempts,
+                                   tls=TlsOptions(ca, cert, key) if secure else None)
         self.chunk_bytes, self.shards, self.placement = chunk_bytes, shards, placement
         self._graphs: GraphCache[tuple[pb.Graph, str]] = GraphCache(_wire_form)  # each graph's wire form and id
         self._registered: set[str] = set()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
+from pathlib import Path
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,18 +20,35 @@ from gradwire.protos import gradwire_pb2 as pb
 from gradwire.worker import frames
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """The client side of TLS: a CA bundle to trust (None: the system's roots) and, for mutual
+    TLS, this client's certificate chain and key. All paths to PEM files."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both cert= and key=")
+        read = lambda path: None if path is None else Path(path).read_bytes()  # noqa: E731
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
 _SERVICE = pb.DESCRIPTOR.services_by_name["Gradwire"]
 
 
 class Transport:
     def __init__(self, address: str, timeout: float | None = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_attempts: int = 5, backoff: float = 0.1):
+                 max_attempts: int = 5, backoff: float = 0.1, tls: "TlsOptions | None" = None):
         self.address, self.timeout = address, timeout
         self.max_attempts, self.backoff = max_attempts, backoff
-        self.channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ])
+        self.tls = tls
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        self.channel = grpc.insecure_channel(address, options=options) if tls is None else \
+            grpc.secure_channel(address, tls.credentials(), options=options)
         self.bytes_sent = 0  # serialized request bytes, all calls (attempts included)
         self.bytes_received = 0
         self._calls = {name: self._multicallable(method) for name, method in _SERVICE.methods_by_name.items()}
@@ -79,12 +98,21 @@ class Transport:
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 if code != grpc.StatusCode.UNAVAILABLE or attempt == self.max_attempts:
-                    raise from_status(code, f"{method}: {details}") from None
+                    raise from_status(code, f"{method}: {details}{self._hint(code)}") from None
                 pause = min(self.backoff * 2 ** (attempt - 1), 2.0) * (0.5 + random.random() / 2)
                 if deadline is not None and time.monotonic() + pause >= deadline:
-                    raise from_status(code, f"{method}: {details} (no time left to retry)") from None
+                    raise from_status(code, f"{method}: {details} (no time left to retry){self._hint(code)}") from None
                 time.sleep(pause)
         raise GradwireError(f"{method}: unreachable")  # pragma: no cover
+
+    def _hint(self, code: grpc.StatusCode) -> str:
+        if code != grpc.StatusCode.UNAVAILABLE:
+            return ""
+        if self.tls is None:
+            return f"; is a gradwire server listening on {self.address} without TLS?"
+        return (f"; TLS to {self.address}: is the server's certificate signed by "
+                f"{'the CA ' + repr(self.tls.ca) if self.tls.ca else 'a system-trusted CA'} and issued for that "
+                "name, and does the server want a client certificate (cert=, key=)?")
 
     def _rest(self, method: str, first, response) -> Iterator:
         try:

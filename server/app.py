@@ -17,6 +17,7 @@ from gradwire.server.admission import Admission
 from gradwire.server.backend import Backend, LocalBackend
 from gradwire.server.config import ServerConfig
 from gradwire.server.jobs import JobManager
+from gradwire.server.security import server_credentials, warn_if_exposed
 from gradwire.server.servicer import GradwireServicer
 from gradwire.server.store import GraphStore, SessionStore
 from gradwire.worker import frames
@@ -107,7 +108,13 @@ class GradwireServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server)
-        port = self.grpc_server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        config = self.config
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        address = f"{config.host}:{config.port}"
+        port = self.grpc_server.add_insecure_port(address) if credentials is None else \
+            self.grpc_server.add_secure_port(address, credentials)
+        warn_if_exposed(config.host, credentials is not None, bool(getattr(config, "auth_tokens", "")),
+                        config.insecure)
         if port == 0:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
         return port

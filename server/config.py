@@ -16,6 +16,10 @@ from gradwire.worker.validate import Limits
 class ServerConfig:
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = 50051
+    tls_cert: str = ""  # PEM certificate chain: serve TLS (with tls_key)
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_client_ca: str = ""  # PEM CA bundle: mutual TLS, clients must present a certificate it signed
+    insecure: bool = False  # silence the warning about serving a non-loopback address without TLS and tokens
     backend: str = "local"  # local | ray
     workers: int = 2  # Ray actors (and CPUs of a Ray cluster started here)
     worker_cpus: float = 1.0  # CPUs each Ray actor reserves
