@@ -42,12 +42,16 @@ class Cancelled(GradwireError):
     code = grpc.StatusCode.CANCELLED
 
 
+class PermissionDenied(GradwireError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Internal(GradwireError):
     code = grpc.StatusCode.INTERNAL
 
 
 _BY_CODE = {cls.code: cls for cls in (InvalidGraph, ResourceExhausted, NotFound, Unavailable,
-                                      DeadlineExceeded, Cancelled, Internal)}
+                                      DeadlineExceeded, Cancelled, Internal, PermissionDenied)}
 
 
 def from_status(code: grpc.StatusCode, message: str) -> GradwireError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import signal
 import threading
@@ -85,7 +86,8 @@ class GradwireServer:
         self.admission = Admission(config.max_concurrent, config.memory_budget_bytes)
         graphs = GraphStore(config.limits, config.max_graphs)
         jobs = JobManager(config.job_dir, self.backend, graphs, config.shards or self.backend.default_shards,
-                          config.check_finite, self.admission, config.max_running_jobs, config.max_job_steps)
+                          config.check_finite, self.admission, config.max_running_jobs, config.max_job_steps,
+                          tuple(root for root in config.data_roots.split(os.pathsep) if root))
         self.servicer = GradwireServicer(config, self.backend, graphs, SessionStore(config.max_sessions), jobs,
                                          self.admission)
         self._loop = asyncio.new_event_loop()

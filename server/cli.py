@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import fields
 
 from gradwire.server.config import ServerConfig
@@ -14,7 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(ServerConfig):
         flag = "--" + f.name.replace("_", "-")
         env = "GRADWIRE_" + f.name.upper()
-        if f.type == "bool":
+        if f.name == "data_roots":
+            parser.add_argument("--data-root", dest="data_roots", action="append", default=None, metavar="DIR",
+                                help=f"a folder jobs may read datasets from; repeatable (env {env}, "
+                                     f"{os.pathsep!r}-separated; default none: path datasets are off)")
+        elif f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"(env {env}; default {f.default})")
         else:
@@ -27,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.get("data_roots") is not None:
+        args["data_roots"] = os.pathsep.join(args["data_roots"])
     config = ServerConfig.from_env(**args)
     from gradwire.server.app import serve_forever
 

@@ -51,6 +51,9 @@ class ServerConfig:
     placement: str = "auto"
     pipeline_depth: int = 2  # shards queued per Ray worker at once
     keep_freed_memory: bool = True  # glibc: reuse freed buffers rather than fault in fresh pages
+    # folders a job's data_path may name files in (os.pathsep-separated; `--data-root DIR`,
+    # repeatable); none: path datasets are off, data must be uploaded
+    data_roots: str = ""
     job_dir: str = os.path.join(tempfile.gettempdir(), "gradwire-jobs")  # job data and checkpoints
 
     @property

@@ -31,7 +31,7 @@ from gradwire.server.admission import Admission
 from gradwire.server.backend import Backend
 from gradwire.server.placement import check_placement
 from gradwire.server.job_steps import StepPlan, Steps
-from gradwire.server.status import NotFound
+from gradwire.server.status import NotFound, PermissionDenied
 from gradwire.server.store import GraphStore, Registered, check_params
 from gradwire.worker.cancel import CancelToken
 from gradwire.worker.optim import from_config, optimizer_from_json
@@ -67,6 +67,32 @@ def _regular_file(path: Path | str) -> Path:
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise ValueError("not a regular file (FIFOs, devices and sockets are refused)")
     return Path(path)
+
+
+def resolve_data_path(path: str, roots: tuple[str, ...], job_dir: Path) -> str:
+    """The real path of a client's ``data_path``: a regular ``.npz`` or ``.npy`` file inside one
+    of the data roots (after symlinks) and outside the job folder (other jobs' uploads). Every
+    refusal reads the same, so it tells nothing of what exists on the server's disk."""
+    refusal = PermissionDenied(
+        f"data_path {path!r} is not a regular .npz or .npy file inside the server's data roots "
+        f"({', '.join(map(repr, roots))})" if roots else
+        f"data_path {path!r}: this server reads no datasets by path (it has no --data-root); upload the data")
+    if not roots:
+        raise refusal
+    try:
+        real = os.path.realpath(path)
+        inside = any(_within(real, os.path.realpath(root)) for root in roots)
+        if not inside or _within(real, os.path.realpath(job_dir)) or not real.endswith((".npz", ".npy")):
+            raise refusal
+        if not stat.S_ISREG(os.stat(real).st_mode):
+            raise refusal
+    except (OSError, ValueError):
+        raise refusal from None
+    return real
+
+
+def _within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
 
 
 def load_dataset(path: str) -> dict[str, np.ndarray]:
@@ -240,7 +266,7 @@ def _step_flops(reg: Registered, batch_size: int) -> float:
 class JobManager:
     def __init__(self, job_dir: str, backend: Backend, graphs: GraphStore, default_shards: int,
                  check_finite: bool = False, admission: Admission | None = None, max_running: int = 4,
-                 max_steps: int = 10_000_000):
+                 max_steps: int = 10_000_000, data_roots: tuple[str, ...] = ()):
         self.root = Path(job_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.backend, self.graphs = backend, graphs
@@ -254,6 +280,7 @@ class JobManager:
         self.admission = admission or Admission(max_concurrent=1 << 20, memory_budget=1 << 62)
         self._running = threading.BoundedSemaphore(max_running)
         self.max_steps = max_steps
+        self.data_roots = tuple(data_roots)
 
     # ------------------------------------------------------------------ submission
 
@@ -266,7 +293,8 @@ class JobManager:
         check_params(reg.program, params, partial=False)
         if header.data_path and uploaded:
             raise GraphError("give either data_path or uploaded data, not both")
-        data = load_dataset(header.data_path) if header.data_path else uploaded
+        data_path = resolve_data_path(header.data_path, self.data_roots, self.root) if header.data_path else ""
+        data = load_dataset(data_path) if data_path else uploaded
         n = check_dataset(reg, data, header.batch_size)
         total_steps = math.ceil(n / header.batch_size) * header.epochs
         if total_steps > self.max_steps:
@@ -276,7 +304,6 @@ class JobManager:
         job_id = "j-" + uuid.uuid4().hex[:16]
         directory = self.root / job_id
         directory.mkdir()
-        data_path = header.data_path
         if not data_path:
             data_path = str(directory / "data")
             save_dataset(Path(data_path), data)

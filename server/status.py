@@ -25,6 +25,10 @@ class JobNotDone(RuntimeError):
     """A training job's result was asked for before it finished (or after it failed)."""
 
 
+class PermissionDenied(PermissionError):
+    """A request for something the server's configuration does not allow (a path outside the data roots)."""
+
+
 class DeadlineExceeded(TimeoutError):
     """The client's deadline passed or the call was cancelled while shards were running."""
 
@@ -39,6 +43,7 @@ STATUS_TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (Cancelled, grpc.StatusCode.DEADLINE_EXCEEDED),  # the client is gone or its deadline passed
     (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (JobNotDone, grpc.StatusCode.FAILED_PRECONDITION),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 

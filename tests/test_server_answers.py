@@ -374,10 +374,10 @@ def test_a_dataset_path_that_is_no_regular_file_is_refused(start_server, tmp_pat
     """A FIFO would block the read forever; a device never ends."""
     fifo = tmp_path / "data.npz"
     os.mkfifo(fifo)
-    _, address = start_server()
+    _, address = start_server(data_roots=f"{tmp_path}{os.pathsep}/dev")
     g, params, _ = _job_model()
     with gw.connect(address, timeout=10) as client:
         for path in (str(fifo), "/dev/zero"):
-            with pytest.raises(gw.InvalidGraph, match="not a regular file"):
+            with pytest.raises(gw.PermissionDenied, match="not a regular .npz or .npy file"):
                 client.submit_job(g, params, path, gw.optim.SGD(lr=0.1), batch_size=8, epochs=1)
     _assert_answers(address)
