@@ -57,10 +57,20 @@ def init_ray(config: ServerConfig) -> bool:
     if config.ray_address:
         ray.init(address=config.ray_address, logging_level=logging.WARNING, log_to_driver=False)
         return False
-    # address="local": always a new cluster here, never one a `ray start` left on this machine
+    # address="local": always a new cluster here, never one a `ray start` left on this machine;
+    # with Ray's token authentication on explicitly (Ray then makes a token in ~/.ray/auth_token)
+    use_token_auth()
     ray.init(address="local", num_cpus=config.workers * config.worker_cpus, include_dashboard=False,
              _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
     return True
+
+
+def use_token_auth(environ=os.environ) -> str:
+    """Turn Ray's token authentication on for a cluster this process starts, unless the user
+    chose a mode (``RAY_AUTH_MODE``): set explicitly, Ray enforces it without warning about it
+    on every start. Ray's own ports then refuse callers without the token, and gradwire binds
+    the cluster to 127.0.0.1 (``_node_ip_address``) besides."""
+    return environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 class RayBackend:

@@ -107,3 +107,12 @@ def test_serve_offers_the_tls_flags():
     text = build_parser().format_help()
     for flag in ("--tls-cert", "--tls-key", "--tls-client-ca", "--insecure"):
         assert flag in text
+
+
+def test_a_ray_cluster_gradwire_starts_uses_token_auth_explicitly():
+    from gradwire.server.ray_backend import use_token_auth
+
+    env = {}
+    assert use_token_auth(env) == "token" and env == {"RAY_AUTH_MODE": "token"}
+    chosen = {"RAY_AUTH_MODE": "disabled"}  # the user's choice stands
+    assert use_token_auth(chosen) == "disabled"
