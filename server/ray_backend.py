@@ -70,7 +70,11 @@ def use_token_auth(environ=os.environ) -> str:
     chose a mode (``RAY_AUTH_MODE``): set explicitly, Ray enforces it without warning about it
     on every start. Ray's own ports then refuse callers without the token, and gradwire binds
     the cluster to 127.0.0.1 (``_node_ip_address``) besides."""
-    return environ.setdefault("RAY_AUTH_MODE", "token")
+    mode = environ.setdefault("RAY_AUTH_MODE", "token")
+    if environ is os.environ:
+        # Ray read its config when imported: re-read it, as Ray's own enabling of token auth does
+        ray._raylet.Config.initialize("")
+    return mode
 
 
 class RayBackend:
