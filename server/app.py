@@ -11,10 +11,11 @@ import threading
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.server.admission import Admission
+from gradwire.server.auth import AuthInterceptor, Authenticator, method_kinds
 from gradwire.server.backend import Backend, LocalBackend
 from gradwire.server.config import ServerConfig
 from gradwire.server.jobs import JobManager
@@ -80,6 +81,7 @@ class GradwireServer:
 
     def __init__(self, config: ServerConfig, backend: Backend | None = None):
         self.config = config
+        self.auth = Authenticator(config.auth_tokens)  # a bad token file refuses to start, before anything runs
         if config.keep_freed_memory:
             keep_freed_memory()
         self.backend = backend or make_backend(config)
@@ -89,7 +91,7 @@ class GradwireServer:
                           config.check_finite, self.admission, config.max_running_jobs, config.max_job_steps,
                           tuple(root for root in config.data_roots.split(os.pathsep) if root))
         self.servicer = GradwireServicer(config, self.backend, graphs, SessionStore(config.max_sessions), jobs,
-                                         self.admission)
+                                         self.admission, auth=self.auth)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gradwire-loop", daemon=True)
         self._thread.start()
@@ -104,7 +106,8 @@ class GradwireServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     async def _build(self) -> int:
-        self.grpc_server = grpc.aio.server(options=channel_options(self.config.max_message_bytes))
+        self.grpc_server = grpc.aio.server(options=channel_options(self.config.max_message_bytes),
+                                           interceptors=self._interceptors())
         add_servicer(self.servicer, self.grpc_server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -120,6 +123,18 @@ class GradwireServer:
         if port == 0:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
         return port
+
+    def _interceptors(self) -> list[AuthInterceptor] | None:
+        """With tokens, one that refuses every call but health checks without a known token
+        (reflection included); without, none (no cost per call)."""
+        if not self.auth.enabled:
+            return None
+        return [AuthInterceptor(self.auth, method_kinds(pb.DESCRIPTOR.services_by_name["Gradwire"],
+                                                        *reflection_pb2.DESCRIPTOR.services_by_name.values()))]
+
+    def reload_auth(self) -> bool:
+        """Re-read the token file (SIGHUP); one that does not parse keeps the tokens in force."""
+        return self.auth.reload()
 
     async def _start(self) -> None:
         await self.grpc_server.start()
@@ -172,6 +187,10 @@ def serve_forever(config: ServerConfig) -> None:
         log.info("signal %d: draining (grace %.0fs)", signum, config.grace_seconds)
         threading.Thread(target=lambda: (server.stop(), done.set()), daemon=True).start()
 
+    def on_hangup(_signum, _frame):
+        threading.Thread(target=server.reload_auth, name="gradwire-reload", daemon=True).start()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     done.wait()

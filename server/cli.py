@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from dataclasses import fields
 
 from gradwire.server.config import ServerConfig
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         args["data_roots"] = os.pathsep.join(args["data_roots"])
     config = ServerConfig.from_env(**args)
     from gradwire.server.app import serve_forever
+    from gradwire.server.auth import TokenFileError
 
-    serve_forever(config)
+    try:
+        serve_forever(config)
+    except TokenFileError as exc:  # names the file and line, never a token
+        print(f"gradwire serve: {exc}", file=sys.stderr)
+        return 2
     return 0

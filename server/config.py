@@ -43,6 +43,9 @@ class ServerConfig:
     dataset_read_timeout: float = 60.0  # seconds a job's dataset may take to read at submission
     max_graphs: int = 256  # registered graphs kept (least recently used evicted)
     max_sessions: int = 256
+    # a file of "TOKEN TENANT" lines: every call but health checks needs "authorization: Bearer
+    # TOKEN", and what a tenant makes only it can see; re-read on SIGHUP. "": no tokens, one tenant
+    auth_tokens: str = ""
     check_finite: bool = False  # reject NaN/Inf produced by any node
     grace_seconds: float = 30.0  # on SIGTERM, how long in-flight calls may finish
     max_retries: int = 3  # per shard, when a worker dies (Ray backend)

@@ -18,6 +18,7 @@ import numpy as np
 
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.server.admission import Holdings
+from gradwire.server.auth import DEFAULT_TENANT
 from gradwire.server.backend import Backend
 from gradwire.server.driver import Computation, Outcome
 from gradwire.server.config import ServerConfig
@@ -48,21 +49,23 @@ class Decoded:
     budget: Budget | None = None  # the admission estimate, once validated
 
 
-def resolve_graph(header, graphs: GraphStore) -> Registered:
+def resolve_graph(header, graphs: GraphStore, tenant: str = DEFAULT_TENANT) -> Registered:
+    """The graph a request names, sent whole (registered for ``tenant``) or by an id ``tenant`` registered."""
     ref = header.WhichOneof("graph_ref")
     if ref == "graph":
-        return graphs.register(header.graph)
+        return graphs.register(header.graph, tenant)
     if ref == "graph_id":
-        return graphs.get(header.graph_id)
+        return graphs.get(header.graph_id, tenant)
     raise GraphError("the request names no graph (graph or graph_id)")
 
 
-def resolve_target(header, graphs: GraphStore, sessions: SessionStore) -> tuple[Registered, Session | None]:
-    """The graph a request runs and its session, if it names one. A session request may name
-    its graph too, but only the session's own: never silently run another."""
+def resolve_target(header, graphs: GraphStore, sessions: SessionStore,
+                   tenant: str = DEFAULT_TENANT) -> tuple[Registered, Session | None]:
+    """The graph a request runs and its session (``tenant``'s), if it names one. A session
+    request may name its graph too, but only the session's own: never silently run another."""
     if not header.session_id:
-        return resolve_graph(header, graphs), None
-    session = sessions.get(header.session_id)
+        return resolve_graph(header, graphs, tenant), None
+    session = sessions.get(header.session_id, tenant)
     ref = header.WhichOneof("graph_ref")
     named = header.graph_id if ref == "graph_id" else graph_id_of_proto(header.graph) if ref == "graph" else None
     if named is not None and named != session.graph.graph_id:

@@ -6,6 +6,9 @@ client disconnects. Everything needed to resume it lives in its directory under
 an append-only event log and atomic checkpoints (params, optimizer state, step and the
 position in the seeded data order). After a restart, unfinished jobs resume from their
 last checkpoint and end bitwise identical to an uninterrupted run.
+
+A job belongs to the tenant that submitted it (``job.json`` records it; a job.json from
+before tenants belongs to the default tenant): other tenants neither list nor find it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import re
 import stat
 import threading
 import time
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +30,12 @@ import numpy as np
 
 from gradwire.protos import gradwire_pb2 as pb
 from gradwire.server.admission import Admission
+from gradwire.server.auth import DEFAULT_TENANT
 from gradwire.server.backend import Backend
 from gradwire.server.placement import check_placement
 from gradwire.server.job_steps import StepPlan, Steps
 from gradwire.server.status import NotFound, PermissionDenied
-from gradwire.server.store import GraphStore, Registered, check_params
+from gradwire.server.store import GraphStore, Registered, check_params, new_id
 from gradwire.worker.cancel import CancelToken
 from gradwire.worker.optim import from_config, optimizer_from_json
 from gradwire.worker.budget import estimate
@@ -60,6 +63,7 @@ class JobSpec:
     data_path: str
     name: str = ""
     placement: str = ""  # requested: "", "auto", "ray" or "local"
+    tenant: str = DEFAULT_TENANT  # the owner (job.json files without it are the default tenant's)
 
 
 def _regular_file(path: Path | str) -> Path:
@@ -285,7 +289,7 @@ class JobManager:
     # ------------------------------------------------------------------ submission
 
     def submit(self, header: pb.JobHeader, reg: Registered, params: dict[str, np.ndarray],
-               uploaded: dict[str, np.ndarray]) -> JobRun:
+               uploaded: dict[str, np.ndarray], tenant: str = DEFAULT_TENANT) -> JobRun:
         optimizer = optimizer_from_json(header.optimizer_json)
         check_placement(header.placement)
         if header.epochs < 1:
@@ -301,7 +305,7 @@ class JobManager:
             raise LimitError(f"the job asks for {total_steps} steps ({header.epochs} epochs of "
                              f"{math.ceil(n / header.batch_size)}); the limit is {self.max_steps} (--max-job-steps)")
 
-        job_id = "j-" + uuid.uuid4().hex[:16]
+        job_id = new_id("j-")
         directory = self.root / job_id
         directory.mkdir()
         if not data_path:
@@ -312,7 +316,7 @@ class JobManager:
         _save_npz_atomic(directory / "params0.npz", params)
         spec = JobSpec(job_id, reg.graph_id, optimizer, int(header.batch_size), int(header.epochs),
                        int(header.seed), int(header.checkpoint_every), int(header.shards or self.default_shards),
-                       data_path, header.name, header.placement)
+                       data_path, header.name, header.placement, tenant)
         (directory / "job.json").write_text(json.dumps(spec.__dict__))
         run = JobRun(spec, reg, data, dict(params), directory, n)
         self._start(run)
@@ -333,7 +337,7 @@ class JobManager:
 
     def _load(self, directory: Path) -> JobRun:
         spec = JobSpec(**json.loads((directory / "job.json").read_text()))
-        reg = self.graphs.register(pb.Graph.FromString((directory / "graph.pb").read_bytes()))
+        reg = self.graphs.register(pb.Graph.FromString((directory / "graph.pb").read_bytes()), spec.tenant)
         data = load_dataset(spec.data_path)
         with np.load(directory / "params0.npz", allow_pickle=False) as archive:
             params = {k: archive[k] for k in archive.files}
@@ -478,29 +482,34 @@ class JobManager:
 
     # ------------------------------------------------------------------ queries
 
-    def get(self, job_id: str) -> JobRun:
+    def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> JobRun:
         with self._lock:
             run = self.jobs.get(job_id)
-        if run is None:
+        if run is None or run.spec.tenant != tenant:  # another tenant's job: as if it did not exist
             raise NotFound(f"unknown job id {job_id!r}")
         return run
 
-    def cancel(self, job_id: str) -> JobRun:
-        run = self.get(job_id)
+    def cancel(self, job_id: str, tenant: str = DEFAULT_TENANT) -> JobRun:
+        run = self.get(job_id, tenant)
         run.cancel_requested = True
         if run.token is not None:
             run.token.cancel("the job was cancelled")
         return run
 
-    def list(self) -> list[JobRun]:
+    def list(self, tenant: str = DEFAULT_TENANT) -> list[JobRun]:
+        """``tenant``'s jobs."""
+        return [run for run in self._all() if run.spec.tenant == tenant]
+
+    def _all(self) -> list[JobRun]:
         with self._lock:
             return list(self.jobs.values())
 
-    async def watch(self, job_id: str, after_step: int, poll: float = 0.5, batch_every: float = 0.05):
+    async def watch(self, job_id: str, after_step: int, tenant: str = DEFAULT_TENANT, poll: float = 0.5,
+                    batch_every: float = 0.05):
         """Events of steps after ``after_step``, then live ones, until the job ends. A watcher
         wakes at most every ``batch_every`` s and sends what came meanwhile: a fast job with
         hundreds of watchers must not keep the event loop from answering other calls."""
-        run = self.get(job_id)
+        run = self.get(job_id, tenant)
         sent = 0
         while not self._stopping.is_set():
             await run.wait_for_events(sent, poll)
@@ -516,7 +525,7 @@ class JobManager:
 
     def stop(self) -> None:
         self._stopping.set()
-        for run in self.list():
+        for run in self._all():
             if run.token is not None:
                 run.token.cancel("the server is stopping")
         for thread in self._threads:

@@ -3,8 +3,9 @@ that waits for its client (an upload, a job watcher) holds no thread; CPU work (
 compute, encoding) runs in bounded thread pools. See docs/ARCHITECTURE.md, "Threads".
 
 Every handler runs inside ``_unary`` or ``_streaming``, the one place where exceptions
-become gRPC statuses (through ``status.STATUS_TABLE``) and where the per-request log line
-is written.
+become gRPC statuses (through ``status.STATUS_TABLE``), where the caller's tenant is learnt
+(``_Call.authenticate``) and where the per-request log line is written. Handlers pass the
+tenant to every store and job-manager call: what another tenant made is NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gradwire.protos import gradwire_pb2 as pb
 from gradwire.protos import gradwire_pb2_grpc as pb_grpc
 from gradwire.server import gradients
 from gradwire.server.admission import Admission, Holdings, monotonic_deadline
+from gradwire.server.auth import DEFAULT_TENANT, Authenticator
 from gradwire.server.backend import Backend
 from gradwire.server.config import ServerConfig
 from gradwire.server.feed import BatchFeed, RequestStream, require_header
@@ -45,30 +47,39 @@ def _label(value: str | None) -> str | None:
 
 
 class _Call:
-    """Per-request bookkeeping for the log line. The request id labels the log line and the
-    answer; it never selects data."""
+    """Per-request bookkeeping for the log line, and the caller's tenant. The request id
+    labels the log line and the answer; it never selects data."""
 
     def __init__(self, method: str, context):
-        metadata = dict(context.invocation_metadata() or ())
+        self._metadata = tuple(context.invocation_metadata() or ())
+        metadata = dict(self._metadata)
         self.request_id = _label(metadata.get("gradwire-request-id")) or uuid.uuid4().hex[:12]
         self.method, self.graph_id, self.batch = method, "-", "-"
+        self.tenant, self._shown_tenant = DEFAULT_TENANT, None
         self.started = time.perf_counter()
+
+    def authenticate(self, auth: Authenticator) -> None:
+        """The tenant of the call's token (``Unauthenticated`` without a known one)."""
+        self.tenant = auth.tenant_of(self._metadata)
+        self._shown_tenant = self.tenant if auth.enabled else None
 
     def label(self, header) -> None:
         self.request_id = _label(header.request_id) or self.request_id
 
     def log(self, status: str) -> None:
         ms = (time.perf_counter() - self.started) * 1e3
-        log.info("request=%s method=%s graph=%s batch=%s status=%s ms=%.1f",
-                 self.request_id, self.method, self.graph_id, self.batch, status, ms)
+        tenant = "" if self._shown_tenant is None else f" tenant={self._shown_tenant}"
+        log.info("request=%s method=%s graph=%s batch=%s status=%s ms=%.1f%s",
+                 self.request_id, self.method, self.graph_id, self.batch, status, ms, tenant)
 
 
 class GradwireServicer(pb_grpc.GradwireServicer):
     """Handlers over the stores, the job manager and the backend they are given."""
 
     def __init__(self, config: ServerConfig, backend: Backend, graphs: GraphStore, sessions: SessionStore,
-                 jobs: JobManager, admission: Admission):
+                 jobs: JobManager, admission: Admission, auth: Authenticator | None = None):
         self.config, self.backend = config, backend
+        self.auth = auth or Authenticator()  # none: every caller is the default tenant
         self.graphs, self.sessions, self.jobs, self.admission = graphs, sessions, jobs, admission
         self.default_shards = config.shards or backend.default_shards
         # compute threads: one per slot, so an admitted request never queues for a thread
@@ -95,6 +106,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
     async def _unary(self, method: str, context, fn):
         call = _Call(method, context)
         try:
+            call.authenticate(self.auth)
             response = await fn(call)
         except asyncio.CancelledError:
             call.log(_ended_status(context))
@@ -107,6 +119,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
     async def _streaming(self, method: str, context, fn):
         call = _Call(method, context)
         try:
+            call.authenticate(self.auth)
             async for message in fn(call):
                 yield message
         except asyncio.CancelledError:
@@ -150,15 +163,15 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     async def RegisterGraph(self, request, context):
         async def run(call):
-            reg = await self._light(self._register, request.graph)
+            reg = await self._light(self._register, request.graph, call.tenant)
             call.graph_id = reg.graph_id
             return pb.RegisterGraphResponse(graph_id=reg.graph_id, num_nodes=len(reg.program.order))
         return await self._unary("RegisterGraph", context, run)
 
-    def _register(self, graph):
-        """A validated graph; one whose shapes are all known is refused already if a run of it
-        would exceed the request limits."""
-        reg = self.graphs.register(graph)
+    def _register(self, graph, tenant: str):
+        """A validated graph, ``tenant``'s from now on; one whose shapes are all known is
+        refused already if a run of it would exceed the request limits."""
+        reg = self.graphs.register(graph, tenant)
         budget = static_estimate(reg.program)
         if budget is not None:
             check(budget, self.config.max_request_memory_bytes, self.config.max_request_flops)
@@ -176,7 +189,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
     def _compute_unary(self, call: _Call, request, holdings: Holdings, cancel: CancelToken):
         t = time.perf_counter()
         header = request.header
-        reg, session = gradients.resolve_target(header, self.graphs, self.sessions)
+        reg, session = gradients.resolve_target(header, self.graphs, self.sessions, call.tenant)
         call.graph_id = reg.graph_id
         assembler = self._assembler(holdings)
         assembler.add_message(request, ("params", "batch"))
@@ -209,7 +222,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     def _compute_streamed(self, call: _Call, header, feed: BatchFeed, holdings: Holdings, cancel: CancelToken):
         t = time.perf_counter()
-        reg, session = gradients.resolve_target(header, self.graphs, self.sessions)
+        reg, session = gradients.resolve_target(header, self.graphs, self.sessions, call.tenant)
         call.graph_id = reg.graph_id
         feed.expect(reg.program.graph.inputs)
         decoded = gradients.decode(header, reg, session, feed.params(), feed.batch(), feed)
@@ -233,9 +246,9 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             with_holdings = self.admission.holdings()
             try:
                 header, assembler = await self._read_params(request_iterator, with_holdings)
-                reg = await self._light(gradients.resolve_graph, header, self.graphs)
+                reg = await self._light(gradients.resolve_graph, header, self.graphs, call.tenant)
                 call.graph_id = reg.graph_id
-                session = self.sessions.create(reg, assembler.result("params"))
+                session = self.sessions.create(reg, assembler.result("params"), call.tenant)
             finally:
                 with_holdings.release()
             return pb.SessionInfo(session_id=session.session_id, graph_id=reg.graph_id, version=session.version)
@@ -246,7 +259,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             with_holdings = self.admission.holdings()
             try:
                 header, assembler = await self._read_params(request_iterator, with_holdings)
-                session = self.sessions.update(header.session_id, assembler.result("params"))
+                session = self.sessions.update(header.session_id, assembler.result("params"), call.tenant)
             finally:
                 with_holdings.release()
             call.graph_id = session.graph.graph_id
@@ -256,7 +269,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     async def GetSessionParams(self, request, context):
         async def run(call):
-            session = self.sessions.get(request.session_id)
+            session = self.sessions.get(request.session_id, call.tenant)
             call.graph_id = session.graph.graph_id
             params, version = session.snapshot
             info = pb.SessionInfo(session_id=session.session_id, graph_id=session.graph.graph_id, version=version)
@@ -267,7 +280,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     async def CloseSession(self, request, context):
         async def run(call):
-            self.sessions.close(request.session_id)
+            self.sessions.close(request.session_id, call.tenant)
             return pb.CloseSessionResponse()
         return await self._unary("CloseSession", context, run)
 
@@ -278,11 +291,12 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             with_holdings = self.admission.holdings()
             try:
                 header, assembler = await self._read_params(request_iterator, with_holdings, ("params", "data"))
-                reg = await self._light(gradients.resolve_graph, header, self.graphs)
+                reg = await self._light(gradients.resolve_graph, header, self.graphs, call.tenant)
                 call.graph_id = reg.graph_id
                 # a dataset read is bounded in time: the handler answers even if the disk does not
                 job = await asyncio.wait_for(
-                    self._light(self.jobs.submit, header, reg, assembler.result("params"), assembler.result("data")),
+                    self._light(self.jobs.submit, header, reg, assembler.result("params"), assembler.result("data"),
+                                call.tenant),
                     self.config.dataset_read_timeout)
             except asyncio.TimeoutError:
                 raise GraphError(f"reading the job's dataset took more than "
@@ -294,14 +308,14 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     async def WatchJob(self, request, context):
         async def run(call):
-            async for event in self.jobs.watch(request.job_id, request.after_step):
+            async for event in self.jobs.watch(request.job_id, request.after_step, call.tenant):
                 yield pb.JobEvent(**event)
         async for message in self._streaming("WatchJob", context, run):
             yield message
 
     async def GetJobResult(self, request, context):
         async def run(call):
-            job = self.jobs.get(request.job_id)
+            job = self.jobs.get(request.job_id, call.tenant)
             if job.state != "done":
                 raise JobNotDone(f"job {request.job_id!r} is {job.state}" + (f": {job.error}" if job.error else ""))
             info = pb.SessionInfo(graph_id=job.spec.graph_id, version=job.step)
@@ -313,13 +327,13 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     async def CancelJob(self, request, context):
         async def run(call):
-            return self.jobs.cancel(request.job_id).info()
+            return self.jobs.cancel(request.job_id, call.tenant).info()
         return await self._unary("CancelJob", context, run)
 
     async def ListJobs(self, request, context):
         async def run(call):
             _wellformed(request)
-            return pb.ListJobsResponse(jobs=[j.info() for j in self.jobs.list()])
+            return pb.ListJobsResponse(jobs=[j.info() for j in self.jobs.list(call.tenant)])
         return await self._unary("ListJobs", context, run)
 
     # ------------------------------------------------------------------ introspection

@@ -13,6 +13,10 @@ class NotFound(LookupError):
     """An unknown graph or session id."""
 
 
+class Unauthenticated(Exception):
+    """A call without a known token on a server that requires one (the message names no token)."""
+
+
 class Overloaded(RuntimeError):
     """Too many requests in flight."""
 
@@ -37,6 +41,7 @@ STATUS_TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),  # before its base class GraphError
     (GraphError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (WorkersUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
