@@ -5,6 +5,7 @@ from gradwire.client.errors import (
     Cancelled, DeadlineExceeded, GradwireError, Internal, InvalidGraph, NotFound, ResourceExhausted, Unavailable,
 )
 from gradwire.client.errors import PermissionDenied
+from gradwire.client.errors import Unauthenticated
 from gradwire.client.local import LocalEngine, local
 from gradwire.client.jobs import JobEvent, TrainingJob
 from gradwire.client.remote import Client, RemoteResult, Session, connect
@@ -18,7 +19,7 @@ __all__ = [
     "Graph", "Value", "call", "local", "LocalEngine", "Result",
     "connect", "Client", "Session", "RemoteResult", "TrainingJob", "JobEvent", "optim",
     "GradwireError", "InvalidGraph", "ResourceExhausted", "NotFound", "Unavailable", "DeadlineExceeded",
-    "Cancelled", "Internal", "PermissionDenied",
+    "Cancelled", "Internal", "PermissionDenied", "Unauthenticated",
     "GraphError", "LimitError", "ExecutionError",
     *OP_FUNCTIONS,
 ]

@@ -46,12 +46,20 @@ class PermissionDenied(GradwireError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class Unauthenticated(GradwireError):
+    """The server requires a token (``gw.connect(address, token=...)`` or ``GRADWIRE_TOKEN``) and
+    the call carried none, or one it does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class Internal(GradwireError):
     code = grpc.StatusCode.INTERNAL
 
 
 _BY_CODE = {cls.code: cls for cls in (InvalidGraph, ResourceExhausted, NotFound, Unavailable,
-                                      DeadlineExceeded, Cancelled, Internal, PermissionDenied)}
+                                      DeadlineExceeded, Cancelled, Internal, PermissionDenied,
+                                      Unauthenticated)}
 
 
 def from_status(code: grpc.StatusCode, message: str) -> GradwireError:

@@ -76,14 +76,16 @@ class Client:
     def __init__(self, address: str, timeout: float | None = 30.0, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, shards: int = 0, max_attempts: int = 5,
                  placement: str = "", tls: bool = False, ca: str | None = None, cert: str | None = None,
-                 key: str | None = None):
+                 key: str | None = None, token: str | None = None):
         """``shards`` (0: the server's plan) and ``placement`` ("": the server's; "auto", "ray"
         or "local") apply to every request of this client. ``tls=True`` (implied by ``ca``,
         ``cert`` or ``key``) speaks TLS, trusting the CA bundle ``ca`` (else the system's
-        roots); ``cert`` and ``key`` present a client certificate (mutual TLS)."""
+        roots); ``cert`` and ``key`` present a client certificate (mutual TLS). ``token`` (else
+        the ``GRADWIRE_TOKEN`` environment variable) is sent as ``authorization: Bearer TOKEN``
+        with every call, to a server started with ``--auth-tokens``."""
         secure = tls or any(x is not None for x in (ca, cert, key))
         self.transport = Transport(address, timeout, max_message_bytes, max_attempts,
-                                   tls=TlsOptions(ca, cert, key) if secure else None)
+                                   tls=TlsOptions(ca, cert, key) if secure else None, token=token)
         self.chunk_bytes, self.shards, self.placement = chunk_bytes, shards, placement
         self._graphs: GraphCache[tuple[pb.Graph, str]] = GraphCache(_wire_form)  # each graph's wire form and id
         self._registered: set[str] = set()

@@ -37,12 +37,26 @@ class TlsOptions:
         read = lambda path: None if path is None else Path(path).read_bytes()  # noqa: E731
         return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
 _SERVICE = pb.DESCRIPTOR.services_by_name["Gradwire"]
+TOKEN_ENV = "GRADWIRE_TOKEN"
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The ``authorization`` metadata of a bearer token (None: ``$GRADWIRE_TOKEN``; none or
+    empty: no metadata). Error messages never repeat the token."""
+    token = (os.environ.get(TOKEN_ENV, "") if token is None else token).strip()
+    if not token:
+        return ()
+    if not all("!" <= ch <= "~" for ch in token):
+        raise ValueError("a gradwire token must be printable ASCII without spaces")
+    return (("authorization", f"Bearer {token}"),)
 
 
 class Transport:
     def __init__(self, address: str, timeout: float | None = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_attempts: int = 5, backoff: float = 0.1, tls: "TlsOptions | None" = None):
+                 max_attempts: int = 5, backoff: float = 0.1, tls: "TlsOptions | None" = None,
+                 token: str | None = None):
         self.address, self.timeout = address, timeout
+        self._auth = auth_metadata(token)  # sent with every call
         self.max_attempts, self.backoff = max_attempts, backoff
         self.tls = tls
         options = [("grpc.max_send_message_length", max_message_bytes),
@@ -83,7 +97,7 @@ class Transport:
         large tensors as they stream in rather than after the whole response."""
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        metadata = (("gradwire-request-id", os.urandom(6).hex()),)
+        metadata = (("gradwire-request-id", os.urandom(6).hex()), *self._auth)
         rpc = self._calls[method]
         for attempt in range(1, self.max_attempts + 1):
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -125,6 +139,6 @@ class Transport:
     def stream(self, method: str, request) -> Iterator:
         """A server-streaming call's messages as they arrive (no retry: callers resume)."""
         try:
-            yield from self._calls[method](request, timeout=None)
+            yield from self._calls[method](request, timeout=None, metadata=self._auth)
         except grpc.RpcError as exc:
             raise from_status(exc.code(), f"{method}: {exc.details() or ''}") from None
