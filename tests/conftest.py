@@ -146,6 +146,19 @@ def _example_graph(kind: str, dtype: str = "float32", n: int = 37, seed: int = 0
     raise ValueError(f"unknown example graph {kind!r}")
 
 
+@pytest.fixture(scope="session")
+def pinned_job_inputs():
+    """``() -> (graph, params, data)`` of the training job whose bits tests/data pins (the
+    script that made the pin defines it)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("make_job_bits", Path(__file__).parent / "data" / "make_job_bits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.job_inputs
+
+
 @pytest.fixture
 def example_graph():
     """``example_graph(kind, dtype="float32", n=37, seed=0) -> (graph, params, batch)``."""

@@ -14,23 +14,8 @@ pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 
-def _job_inputs():
-    g = gw.Graph()
-    x, y = g.input("x", (None, 12)), g.input("y", (None,), "int64")
-    w1, b1 = g.param("w1", (12, 32)), g.param("b1", (32,))
-    w2, b2 = g.param("w2", (32, 4)), g.param("b2", (4,))
-    g.set_loss(gw.softmax_cross_entropy(gw.relu(x @ w1 + b1) @ w2 + b2, y))
-    rng = np.random.default_rng(0)
-    params = {"w1": (rng.normal(size=(12, 32)) * 0.3).astype(np.float32), "b1": np.zeros(32, np.float32),
-              "w2": (rng.normal(size=(32, 4)) * 0.3).astype(np.float32), "b2": np.zeros(4, np.float32)}
-    labels = rng.integers(0, 4, size=403)  # batches of 100 leave an uneven last batch of 3
-    data = {"x": (rng.normal(size=(403, 12)) + np.eye(4, 12)[labels] * 2).astype(np.float32),
-            "y": labels.astype(np.int64)}
-    return g, params, data
-
-
-def _train(ray_cluster, tmp_path, workers: int):
-    g, params, data = _job_inputs()
+def _train(ray_cluster, tmp_path, workers: int, job_inputs):
+    g, params, data = job_inputs()
     server, port = create_server(ServerConfig(port=0, backend="ray", ray_address=ray_cluster.address, placement="ray",
                                               workers=workers, worker_cpus=0.5, shards=4,
                                               job_dir=str(tmp_path / f"jobs{workers}")))
@@ -45,9 +30,9 @@ def _train(ray_cluster, tmp_path, workers: int):
     return events, final, pids
 
 
-def test_ray_job_trains_and_is_bitwise_independent_of_worker_count(ray_cluster, tmp_path):
-    events1, final1, pids1 = _train(ray_cluster, tmp_path, workers=1)
-    events2, final2, pids2 = _train(ray_cluster, tmp_path, workers=2)
+def test_ray_job_trains_and_is_bitwise_independent_of_worker_count(ray_cluster, tmp_path, pinned_job_inputs):
+    events1, final1, pids1 = _train(ray_cluster, tmp_path, 1, pinned_job_inputs)
+    events2, final2, pids2 = _train(ray_cluster, tmp_path, 2, pinned_job_inputs)
     assert len(pids1) == 1 and len(pids2) == 2
     losses = [e.loss for e in events2 if e.state == "running"]
     assert events2[-1].state == "done" and len(losses) == 15
@@ -55,7 +40,7 @@ def test_ray_job_trains_and_is_bitwise_independent_of_worker_count(ray_cluster, 
     for k in final1:
         assert np.array_equal(final1[k], final2[k]), k
     # and the same bits as the in-process engine following the same plan and batch order
-    g, params, data = _job_inputs()
+    g, params, data = pinned_job_inputs()
     opt = gw.optim.Adam(lr=1e-2)
     state = opt.init(params)
     engine = gw.local(shards=4, blas_threads=1)

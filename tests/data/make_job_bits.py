@@ -21,23 +21,29 @@ def job_inputs():
     data = {"x": (rng.normal(size=(403, 12)) + np.eye(4, 12)[labels] * 2).astype(np.float32), "y": labels.astype(np.int64)}
     return g, params, data
 
-out = {}
-for name, cfg in [("local", dict(backend="local", shards=4)),
-                  ("ray2", dict(backend="ray", workers=2, worker_cpus=1, shards=4))]:
-    g, params, data = job_inputs()
-    with tempfile.TemporaryDirectory() as tmp:
-        server, port = create_server(ServerConfig(port=0, job_dir=tmp, **cfg))
-        try:
-            with gw.connect(f"127.0.0.1:{port}", timeout=300) as client:
-                for opt_name, opt in [("adam", gw.optim.Adam(lr=1e-2)), ("sgd", gw.optim.SGD(lr=0.1, momentum=0.9))]:
-                    job = client.submit_job(g, params, data, opt, batch_size=100, epochs=3, seed=5)
-                    final = job.result()
-                    for k, v in final.items():
-                        out[f"{name}/{opt_name}/{k}"] = v
-        finally:
-            server.stop(0)
-cores = sorted({i.get("internal_api", "") + ":" + str(i.get("architecture", "")) for i in threadpool_info()
-                if i.get("user_api") == "blas"})
-out["meta"] = np.array(json.dumps({"blas": cores}))
-np.savez("tests/data/job_bits_v1.npz", **out)
-print("pinned", sorted(out))
+
+def main():
+    out = {}
+    for name, cfg in [("local", dict(backend="local", shards=4)),
+                      ("ray2", dict(backend="ray", workers=2, worker_cpus=1, shards=4))]:
+        g, params, data = job_inputs()
+        with tempfile.TemporaryDirectory() as tmp:
+            server, port = create_server(ServerConfig(port=0, job_dir=tmp, **cfg))
+            try:
+                with gw.connect(f"127.0.0.1:{port}", timeout=300) as client:
+                    for opt_name, opt in [("adam", gw.optim.Adam(lr=1e-2)), ("sgd", gw.optim.SGD(lr=0.1, momentum=0.9))]:
+                        job = client.submit_job(g, params, data, opt, batch_size=100, epochs=3, seed=5)
+                        final = job.result()
+                        for k, v in final.items():
+                            out[f"{name}/{opt_name}/{k}"] = v
+            finally:
+                server.stop(0)
+    cores = sorted({i.get("internal_api", "") + ":" + str(i.get("architecture", "")) for i in threadpool_info()
+                    if i.get("user_api") == "blas"})
+    out["meta"] = np.array(json.dumps({"blas": cores}))
+    np.savez("tests/data/job_bits_v1.npz", **out)
+    print("pinned", sorted(out))
+
+
+if __name__ == "__main__":
+    main()
