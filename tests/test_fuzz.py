@@ -4,12 +4,14 @@ A bounded run (25 s, seed 1; ``GRADWIRE_FUZZ_SECONDS`` sets another budget) driv
 bytes of Compute, RegisterGraph, CreateSession and SubmitJob through the servicer's handlers
 in a subprocess with small server limits and a memory cap. Every input must end in an answer
 or a status of the status table other than INTERNAL/UNKNOWN, within bounded time, memory
-and held resources. A failure names the input (hex), its kind and status; replay it with
-``python -m gradwire.bench.fuzz --replay HEX``.
+and held resources, and a sharded answer must agree with the one-shard answer. A failure
+names the input (hex), its kind and status; ``python -m gradwire.bench.fuzz --replay HEX``
+reruns it, ``--minimize HEX`` shrinks it.
 
-Bugs found by the fuzzer that are reported but not fixed are listed in
-``fuzz.KNOWN_BUGS``: the run counts them by name instead of failing, and each is replayed
-here as an xfail test (strict=False) that passes once the bug is fixed.
+Inputs of bugs the fuzzer found and that were fixed (``fuzz.REGRESSIONS``) are seeds of every
+run and replayed here one by one. Bugs reported but not fixed yet would be listed in
+``fuzz.KNOWN_BUGS``: a run counts them by name instead of failing, and each is replayed here
+as an xfail test (strict=False) that passes once the bug is fixed.
 """
 
 from __future__ import annotations
