@@ -83,3 +83,53 @@ def test_robustness_workloads_quick_smoke(tmp_path):
     idle = rows["deadline_idle/deadline -> server CPU idle"]
     assert {"node_ms", "bound_ms", "worst_ms", "trials"} <= set(idle)
     assert all(t["code"] == "DEADLINE_EXCEEDED" for t in idle["trials"])
+
+
+def _train_jobs_quick(tmp_path, no_ray: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_BENCH_")}
+    if no_ray:
+        env["GRADWIRE_BENCH_TRAIN_JOBS_NO_RAY"] = "1"
+    out = subprocess.run([sys.executable, "-m", "gradwire", "bench", "--quick", "--only", "train_jobs",
+                          "--out", str(tmp_path / "bench.json")],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert not results["errors"], results["errors"]
+    rows = {row["name"]: row for row in results["rows"]}
+    assert not [n for n in rows if "error" in n], rows
+    keys = {"name", "median_ms", "min_ms", "ratio", "target", "pass", "notes", "workload"}
+    assert all(keys <= set(row) for row in rows.values())
+    return rows
+
+
+def test_train_jobs_quick_smoke(tmp_path):
+    """The training-job workload's in-process and local-backend rows (Ray variants skipped:
+    each Ray server takes seconds to start). No timing is judged."""
+    rows = _train_jobs_quick(tmp_path, no_ray=True)
+    base, job = rows["train_jobs/a numpy SGD loop (hand-written)"], rows["train_jobs/a job, local backend"]
+    assert base["ratio"] == 1.0 and base["examples_per_s"] > 0
+    assert job["ratio"] > 0 and job["examples_per_s"] > 0 and job["step_ms"] > 0
+    assert rows["train_jobs/a floor: gw.local() + SGD rule in-process"]["ratio"] > 0
+    assert rows["train_jobs/a floor: job on a 1-node graph, local backend"]["step_ms"] > 0
+    c = rows["train_jobs/c a job, local backend"]
+    assert c["cpu_ms_per_step"] > 0 and c["source"] in ("hook", "e2e")
+    for name in ("train_jobs/a pytorch SGD loop", "train_jobs/a ray train + ddp 2w x 1t (gloo)"):
+        assert rows[name]["ratio"] is not None or "unavailable" in rows[name]["notes"]
+    assert any(n.startswith("train_jobs/b") and "skipped" in r["notes"] for n, r in rows.items())
+    assert all(r["pass"] is None for r in rows.values())  # --quick judges nothing
+
+
+@pytest.mark.slow
+def test_train_jobs_quick_smoke_with_ray(tmp_path):
+    """The same at toy sizes with every Ray server (about a minute: five Ray starts)."""
+    rows = _train_jobs_quick(tmp_path, no_ray=False)
+    for name in ("train_jobs/a job, ray 2w x 1t, placement=ray", "train_jobs/a job, placement=auto (ray 2w x 1t)",
+                 "train_jobs/b ideal 1 process(es) x 1 thread", "train_jobs/b job, ray 1w x 1t",
+                 "train_jobs/a floor: ray no-op actor task round trip"):
+        if name in rows:  # placement rows exist only where the server has the setting
+            assert rows[name]["median_ms"] > 0, name
+    assert rows["train_jobs/b job, ray 1w x 1t"]["ratio"] > 0
+    c = rows["train_jobs/c b job, ray 1w x 1t"]
+    assert c["cpu_ms_per_step"] > 0 and c["ray_in_bytes_per_step"] > 0
+    speedup = rows["train_jobs/b job speedup 1 -> 2 workers"]
+    assert speedup["ratio"] > 0 or "not measured" in speedup["notes"]  # 2 workers need 2 CPUs or GRADWIRE_BENCH_WORKERS
