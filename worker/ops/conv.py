@@ -1,0 +1,555 @@
+"""Convolution and pooling over NCHW images: conv2d, conv_transpose2d, max/avg pooling, global pooling.
+
+Kernels are vectorized over batch, channels and pixels; Python loops run only over kernel
+offsets (kh x kw). conv2d is im2col (``sliding_window_view``, one copy) and one batched GEMM
+per group; its input gradient is col2im: one strided add per kernel offset.
+
+Padding: ``padding`` is 2 ints (top/bottom = p[0], left/right = p[1], as PyTorch) or 4 ints
+(top, left, bottom, right: ONNX ``pads`` order). Attributes cannot be strings (the op table's
+attribute kinds are int/ints/float/bool/axes), so ONNX's ``auto_pad`` is an int enum:
+0 NOTSET (use ``padding``), 1 SAME_UPPER (the extra pad row/column at the end, as ONNX and
+PyTorch's ``padding="same"``), 2 SAME_LOWER (extra at the start), 3 VALID (no padding).
+With SAME, the output is ceil(input / stride).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from gradwire.worker import batching
+from gradwire.worker.ops.registry import (
+    Attr,
+    Op,
+    Sample,
+    ShapeError,
+    fmt_shape,
+    register,
+    require_float,
+    require_same_dtype,
+)
+from gradwire.worker.spec import TensorSpec, num_elements
+
+AUTO_PAD = {0: "NOTSET", 1: "SAME_UPPER", 2: "SAME_LOWER", 3: "VALID"}
+
+CONV_ATTRS = {
+    "stride": Attr("ints", (1, 1)),
+    "padding": Attr("ints", (0, 0)),
+    "dilation": Attr("ints", (1, 1)),
+    "groups": Attr("int", 1),
+    "auto_pad": Attr("int", 0),
+}
+
+
+# ------------------------------------------------------------------ geometry
+
+
+def _pair(name, value) -> tuple[int, int]:
+    v = tuple(value)
+    if len(v) == 1:
+        v = v * 2
+    if len(v) != 2:
+        raise ShapeError(f"{name} must hold 1 or 2 ints, got {list(v)}")
+    return v
+
+
+def _check_geometry(stride, padding, dilation, auto_pad):
+    s, d = _pair("stride", stride), _pair("dilation", dilation)
+    if min(s) < 1 or min(d) < 1:
+        raise ShapeError(f"stride {list(s)} and dilation {list(d)} must be positive")
+    p = tuple(padding)
+    if len(p) not in (2, 4) or min(p) < 0:
+        raise ShapeError(f"padding must be 2 or 4 non-negative ints, got {list(p)}")
+    if auto_pad not in AUTO_PAD:
+        raise ShapeError(f"auto_pad must be one of {AUTO_PAD}, got {auto_pad}")
+    return s, d
+
+
+def _pads(size: tuple[int, int], kernel, stride, padding, dilation, auto_pad) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) for input spatial ``size``."""
+    if auto_pad == 3:
+        return (0, 0, 0, 0)
+    if auto_pad in (1, 2):
+        pads = []
+        for n, k, s, d in zip(size, kernel, stride, dilation):
+            out = -(-n // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - n)
+            small = total // 2
+            pads.append((small, total - small) if auto_pad == 1 else (total - small, small))
+        return (pads[0][0], pads[1][0], pads[0][1], pads[1][1])
+    p = tuple(padding)
+    return (p[0], p[1], p[0], p[1]) if len(p) == 2 else p
+
+
+def _out_size(n, k, s, d, before, after):
+    return (n + before + after - d * (k - 1) - 1) // s + 1
+
+
+def _spatial_out(size, kernel, stride, padding, dilation, auto_pad):
+    """Output (H, W) from a possibly unknown input size; a known size too small raises."""
+    out = []
+    for i, (n, k, s, d) in enumerate(zip(size, kernel, stride, dilation)):
+        if n is None or k is None:
+            out.append(None)
+            continue
+        if auto_pad in (1, 2):
+            out.append(-(-n // s))
+            continue
+        pads = _pads((n, n), (k, k), (s, s), padding, (d, d), auto_pad)
+        before, after = (pads[0], pads[2]) if i == 0 else (pads[1], pads[3])
+        o = _out_size(n, k, s, d, before, after)
+        if o < 1:
+            raise ShapeError(f"a kernel of {k} (dilation {d}) does not fit an input of {n} padded by {before}+{after}")
+        out.append(o)
+    return tuple(out)
+
+
+def _pad(x, pads, value=0.0):
+    t, left, b, r = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)), constant_values=value)
+
+
+def _offsets(kernel, stride, dilation, out):
+    """(i, j, rows slice, cols slice) of the padded input read by each kernel offset."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, slice(i * dh, i * dh + sh * (ho - 1) + 1, sh), slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+
+
+# ------------------------------------------------------------------ conv kernels (resolved geometry)
+
+
+def _cols(x, kernel, stride, dilation, pads, groups):
+    """im2col: (groups, N*Ho*Wo, C/groups*kh*kw), one copy of the windows."""
+    n, c = x.shape[:2]
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    xp = _pad(x, pads)
+    win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
+    ho, wo = win.shape[2:4]
+    win = win.reshape(n, groups, c // groups, ho, wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
+    return win.reshape(groups, n * ho * wo, (c // groups) * kh * kw), (ho, wo)
+
+
+def _gmat(g, groups):
+    """(N, Cout, Ho, Wo) -> (groups, N*Ho*Wo, Cout/groups)."""
+    n, co, ho, wo = g.shape
+    return g.reshape(n, groups, co // groups, ho, wo).transpose(1, 0, 3, 4, 2).reshape(groups, n * ho * wo, co // groups)
+
+
+def _conv(x, w, stride, dilation, pads, groups):
+    co, _, kh, kw = w.shape
+    cols, (ho, wo) = _cols(x, (kh, kw), stride, dilation, pads, groups)
+    wmat = w.reshape(groups, co // groups, -1)
+    y = np.matmul(cols, wmat.transpose(0, 2, 1))  # (groups, N*Ho*Wo, Cout/groups)
+    n = x.shape[0]
+    y = y.reshape(groups, n, ho, wo, co // groups).transpose(1, 0, 4, 2, 3).reshape(n, co, ho, wo)
+    return np.ascontiguousarray(y)
+
+
+def _conv_dw(x, g, w_shape, stride, dilation, pads, groups):
+    co, _, kh, kw = w_shape
+    cols, _ = _cols(x, (kh, kw), stride, dilation, pads, groups)
+    dw = np.matmul(_gmat(g, groups).transpose(0, 2, 1), cols)  # (groups, Cout/groups, C/groups*kh*kw)
+    return dw.reshape(w_shape)
+
+
+def _conv_dx(g, w, x_shape, stride, dilation, pads, groups):
+    """col2im of g @ W: the adjoint of ``_conv`` in x (conv_transpose2d's forward)."""
+    n, c, h, wd = x_shape
+    co, cg, kh, kw = w.shape
+    ho, wo = g.shape[2:]
+    dcols = np.matmul(_gmat(g, groups), w.reshape(groups, co // groups, -1))  # (groups, N*Ho*Wo, cg*kh*kw)
+    dcols = dcols.reshape(groups, n, ho, wo, cg, kh, kw).transpose(1, 0, 4, 5, 6, 2, 3).reshape(n, c, kh, kw, ho, wo)
+    t, left, b, r = pads
+    dxp = np.zeros((n, c, h + t + b, wd + left + r), dtype=g.dtype)
+    for i, j, rs, cs in _offsets((kh, kw), stride, dilation, (ho, wo)):
+        dxp[:, :, rs, cs] += dcols[:, :, i, j]
+    return dxp[:, :, t:t + h, left:left + wd]
+
+
+# ------------------------------------------------------------------ conv2d
+
+
+def _bias_add(y, b):
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
+
+
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation, auto_pad):
+    s, d = _pair("stride", stride), _pair("dilation", dilation)
+    return s, d, _pads(x_shape[2:], w_shape[2:], s, padding, d, auto_pad)
+
+
+def conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, auto_pad=0):
+    s, d, pads = _conv_geometry(x.shape, w.shape, stride, padding, dilation, auto_pad)
+    return _bias_add(_conv(x, w, s, d, pads, groups), b)
+
+
+def _conv2d_vjp(g, y, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, auto_pad=0):
+    s, d, pads = _conv_geometry(x.shape, w.shape, stride, padding, dilation, auto_pad)
+    return (_conv_dx(g, w, x.shape, s, d, pads, groups),
+            _conv_dw(x, g, w.shape, s, d, pads, groups),
+            None if b is None else g.sum(axis=(0, 2, 3)))
+
+
+def _dim_eq(a, b):
+    return a is None or b is None or a == b
+
+
+def _infer_conv_inputs(specs, op):
+    if len(specs) not in (2, 3):
+        raise ShapeError(f"{op} takes (x, w) or (x, w, b), got {len(specs)} inputs")
+    require_float(*specs)
+    require_same_dtype(*specs)
+    x, w = specs[:2]
+    if x.ndim != 4 or w.ndim != 4:
+        raise ShapeError(f"{op} needs x (N, C, H, W) and w of rank 4, got {fmt_shape(x.shape)} and {fmt_shape(w.shape)}")
+    if len(specs) == 3 and specs[2].ndim != 1:
+        raise ShapeError(f"{op}'s bias must be rank 1, got {fmt_shape(specs[2].shape)}")
+    return x, w
+
+
+def _infer_conv2d(*specs, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, auto_pad=0):
+    x, w = _infer_conv_inputs(specs, "conv2d")
+    s, d = _check_geometry(stride, padding, dilation, auto_pad)
+    if groups < 1:
+        raise ShapeError(f"groups must be positive, got {groups}")
+    c, co, cg = x.shape[1], w.shape[0], w.shape[1]
+    if co is not None and co % groups:
+        raise ShapeError(f"{co} output channels do not split into {groups} groups")
+    if c is not None and cg is not None and c != cg * groups:
+        raise ShapeError(f"x has {c} channels but w {fmt_shape(w.shape)} expects {cg} per group x {groups} groups")
+    if len(specs) == 3 and not _dim_eq(specs[2].shape[0], co):
+        raise ShapeError(f"bias {fmt_shape(specs[2].shape)} does not match {co} output channels")
+    return TensorSpec((x.shape[0], co) + _spatial_out(x.shape[2:], w.shape[2:], s, padding, d, auto_pad), x.dtype)
+
+
+def _linear_image_batch(ins, specs, out, **_):
+    """conv2d / conv_transpose2d: per example along the batch axis of x with batch-free
+    weights; linear in x, so a mean over the batch stays a mean (a bias adds once per
+    mean, but would be added once per shard to a sum)."""
+    x, rest = ins[0], ins[1:]
+    if any(b.kind != "free" for b in rest):
+        return batching.coupled("convolves with batch-dependent weights or bias")
+    if x.kind == "rows":
+        return x if x.axis == 0 else batching.coupled("mixes channels and pixels along the batch axis")
+    if x.kind == "mean" or len(ins) == 2:
+        return x
+    return batching.coupled("adds a batch-free bias to a sum over the batch (each shard would count it once)")
+
+
+def _conv_flops(out, x, w, *rest, groups=1, **_):
+    n, co, ho, wo = out.shape
+    cg, kh, kw = w.shape[1:]
+    return 2 * num_elements((n, co, ho, wo, cg, kh, kw))
+
+
+def _conv2d_samples(rng):
+    cases = [
+        ((2, 3, 5, 5), (4, 3, 3, 3), True, {}),
+        ((1, 2, 6, 5), (2, 2, 2, 3), False, {"stride": [2, 1], "padding": [1, 0, 0, 2]}),
+        ((2, 4, 5, 6), (4, 2, 2, 2), True, {"groups": 2, "dilation": [2, 1], "padding": [1, 1]}),
+        ((1, 2, 5, 4), (3, 2, 3, 2), True, {"auto_pad": 1, "stride": [2, 2]}),
+        ((1, 2, 4, 4), (2, 1, 3, 3), False, {"auto_pad": 2, "groups": 2}),
+    ]
+    out = []
+    for xs, ws, bias, attrs in cases:
+        inputs = (rng.normal(size=xs), rng.normal(size=ws)) + ((rng.normal(size=ws[0]),) if bias else ())
+        out.append(Sample(inputs, attrs))
+    return out
+
+
+register(Op(
+    "conv2d", conv2d, _infer_conv2d, _conv2d_vjp, _conv2d_samples, arity=None, attrs=CONV_ATTRS,
+    saves=(0, 1), batch=_linear_image_batch, flops=_conv_flops,
+    doc="conv2d(x, w[, b]): 2-D convolution (cross-correlation) of x (N, C, H, W) with w (Cout, C/groups, kh, kw); "
+        "stride, padding (2 or 4 ints), dilation, groups, auto_pad (0 NOTSET, 1 SAME_UPPER, 2 SAME_LOWER, 3 VALID)",
+))
+
+
+# ------------------------------------------------------------------ conv_transpose2d
+
+TRANSPOSE_ATTRS = {
+    "stride": Attr("ints", (1, 1)),
+    "padding": Attr("ints", (0, 0)),
+    "output_padding": Attr("ints", (0, 0)),
+    "dilation": Attr("ints", (1, 1)),
+    "groups": Attr("int", 1),
+}
+
+
+def _transpose_geometry(x_shape, w_shape, stride, padding, output_padding, dilation, groups):
+    s, d = _pair("stride", stride), _pair("dilation", dilation)
+    op = _pair("output_padding", output_padding)
+    p = tuple(padding)
+    pads = (p[0], p[1], p[0], p[1]) if len(p) == 2 else p
+    size = tuple((n - 1) * si - pads[a] - pads[a + 2] + di * (k - 1) + o + 1
+                 for a, (n, k, si, di, o) in enumerate(zip(x_shape[2:], w_shape[2:], s, d, op)))
+    out_shape = (x_shape[0], w_shape[1] * groups) + size
+    return s, d, pads, out_shape
+
+
+def conv_transpose2d(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), dilation=(1, 1), groups=1):
+    s, d, pads, out_shape = _transpose_geometry(x.shape, w.shape, stride, padding, output_padding, dilation, groups)
+    y = np.ascontiguousarray(_conv_dx(x, w, out_shape, s, d, pads, groups))
+    return _bias_add(y, b)
+
+
+def _conv_transpose2d_vjp(g, y, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                          dilation=(1, 1), groups=1):
+    s, d, pads, _ = _transpose_geometry(x.shape, w.shape, stride, padding, output_padding, dilation, groups)
+    return (_conv(g, w, s, d, pads, groups),
+            _conv_dw(g, x, w.shape, s, d, pads, groups),
+            None if b is None else g.sum(axis=(0, 2, 3)))
+
+
+def _infer_conv_transpose2d(*specs, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), dilation=(1, 1), groups=1):
+    x, w = _infer_conv_inputs(specs, "conv_transpose2d")
+    s, d = _check_geometry(stride, padding, dilation, 0)
+    op = _pair("output_padding", output_padding)
+    if any(o < 0 or o >= si for o, si in zip(op, s)):
+        raise ShapeError(f"output_padding {list(op)} must be non-negative and smaller than the stride {list(s)}")
+    if groups < 1:
+        raise ShapeError(f"groups must be positive, got {groups}")
+    c, ci, cg = x.shape[1], w.shape[0], w.shape[1]
+    if ci is not None and ci % groups:
+        raise ShapeError(f"{ci} input channels do not split into {groups} groups")
+    if not _dim_eq(c, ci):
+        raise ShapeError(f"x has {c} channels but w {fmt_shape(w.shape)} expects {ci}")
+    co = None if cg is None else cg * groups
+    if len(specs) == 3 and not _dim_eq(specs[2].shape[0], co):
+        raise ShapeError(f"bias {fmt_shape(specs[2].shape)} does not match {co} output channels")
+    p = tuple(padding)
+    pads = (p[0], p[1], p[0], p[1]) if len(p) == 2 else p
+    size = []
+    for a, (n, k, si, di, o) in enumerate(zip(x.shape[2:], w.shape[2:], s, d, op)):
+        if n is None or k is None:
+            size.append(None)
+            continue
+        m = (n - 1) * si - pads[a] - pads[a + 2] + di * (k - 1) + o + 1
+        if m < 1:
+            raise ShapeError(f"padding {list(p)} leaves no output for an input of {n}")
+        size.append(m)
+    return TensorSpec((x.shape[0], co) + tuple(size), x.dtype)
+
+
+def _transpose_flops(out, x, w, *rest, **_):
+    return 2 * num_elements((x.shape[0], x.shape[1], x.shape[2], x.shape[3]) + w.shape[1:])
+
+
+def _conv_transpose2d_samples(rng):
+    cases = [
+        ((2, 3, 3, 3), (3, 2, 3, 3), True, {}),
+        ((1, 2, 3, 4), (2, 3, 2, 3), False, {"stride": [2, 3], "padding": [1, 0, 0, 1], "output_padding": [1, 2]}),
+        ((2, 4, 3, 3), (4, 1, 2, 2), True, {"groups": 2, "dilation": [2, 1], "stride": [2, 2], "padding": [1, 1]}),
+    ]
+    out = []
+    for xs, ws, bias, attrs in cases:
+        inputs = (rng.normal(size=xs), rng.normal(size=ws))
+        if bias:
+            inputs += (rng.normal(size=ws[1] * attrs.get("groups", 1)),)
+        out.append(Sample(inputs, attrs))
+    return out
+
+
+register(Op(
+    "conv_transpose2d", conv_transpose2d, _infer_conv_transpose2d, _conv_transpose2d_vjp, _conv_transpose2d_samples,
+    arity=None, attrs=TRANSPOSE_ATTRS, saves=(0, 1), batch=_linear_image_batch, flops=_transpose_flops,
+    doc="conv_transpose2d(x, w[, b]): the adjoint of conv2d in its input; x (N, Cin, H, W), w (Cin, Cout/groups, kh, kw); "
+        "stride, padding (2 or 4 ints), output_padding (< stride, added at the bottom/right), dilation, groups",
+))
+
+
+# ------------------------------------------------------------------ pooling
+
+POOL_ATTRS = {
+    "kernel": Attr("ints"),
+    "stride": Attr("ints", None),  # None: the kernel size (PyTorch's default)
+    "padding": Attr("ints", (0, 0)),
+    "dilation": Attr("ints", (1, 1)),
+    "auto_pad": Attr("int", 0),
+}
+
+
+def _pool_geometry(x_shape, kernel, stride, padding, dilation, auto_pad):
+    k = _pair("kernel", kernel)
+    s = k if stride is None else _pair("stride", stride)
+    d = _pair("dilation", dilation)
+    pads = _pads(x_shape[2:], k, s, padding, d, auto_pad)
+    out = tuple(_out_size(n, ki, si, di, pads[a], pads[a + 2])
+                for a, (n, ki, si, di) in enumerate(zip(x_shape[2:], k, s, d)))
+    return k, s, d, pads, out
+
+
+def _infer_pool(x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pad=0, **_):
+    require_float(x)
+    if x.ndim != 4:
+        raise ShapeError(f"pooling needs x (N, C, H, W), got {fmt_shape(x.shape)}")
+    k = _pair("kernel", kernel)
+    if min(k) < 1:
+        raise ShapeError(f"kernel {list(k)} must be positive")
+    s = k if stride is None else stride
+    s, d = _check_geometry(s, padding, dilation, auto_pad)
+    pads = _pads((1, 1), k, s, padding, d, 0) if auto_pad == 0 else None
+    if pads is not None and any(p >= (ki - 1) * di + 1 for p, ki, di in zip(pads, k * 2, d * 2)):
+        raise ShapeError(f"padding {list(padding)} must be smaller than the (dilated) kernel {list(k)}: "
+                         "a window could hold padding only")
+    return TensorSpec(x.shape[:2] + _spatial_out(x.shape[2:], k, s, padding, d, auto_pad), x.dtype)
+
+
+def _argmax_windows(xp, k, s, d, out):
+    """Per window: the max and the index (i*kw + j) of its first maximal element, as PyTorch."""
+    best = idx = None
+    for i, j, rs, cs in _offsets(k, s, d, out):
+        v = xp[:, :, rs, cs]
+        if best is None:
+            best, idx = v.copy(), np.zeros(v.shape, np.intp)
+            continue
+        better = v > best
+        np.copyto(best, v, where=better)
+        idx[better] = i * k[1] + j
+    return best, idx
+
+
+def max_pool2d(x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pad=0):
+    k, s, d, pads, out = _pool_geometry(x.shape, kernel, stride, padding, dilation, auto_pad)
+    return _argmax_windows(_pad(x, pads, -np.inf), k, s, d, out)[0]
+
+
+def _max_pool2d_vjp(g, y, x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pad=0):
+    k, s, d, pads, out = _pool_geometry(x.shape, kernel, stride, padding, dilation, auto_pad)
+    _, idx = _argmax_windows(_pad(x, pads, -np.inf), k, s, d, out)
+    t, left, b, r = pads
+    n, c, h, w = x.shape
+    dxp = np.zeros((n, c, h + t + b, w + left + r), dtype=g.dtype)
+    for i, j, rs, cs in _offsets(k, s, d, out):
+        dxp[:, :, rs, cs] += g * (idx == i * k[1] + j)
+    return dxp[:, :, t:t + h, left:left + w]
+
+
+def _pool_count(shape, k, s, d, pads, out, include_pad, dtype):
+    """Elements per window: k*k with count_include_pad, else the window's unpadded ones."""
+    if include_pad or not any(pads):
+        return dtype.type(k[0] * k[1])
+    h, w = shape[2:]
+    ones = _pad(np.ones((1, 1, h, w), dtype), pads)
+    count = np.zeros((1, 1) + out, dtype)
+    for _, _, rs, cs in _offsets(k, s, d, out):
+        count += ones[:, :, rs, cs]
+    return count
+
+
+def avg_pool2d(x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pad=0, count_include_pad=False):
+    k, s, d, pads, out = _pool_geometry(x.shape, kernel, stride, padding, dilation, auto_pad)
+    xp = _pad(x, pads)
+    total = np.zeros(x.shape[:2] + out, x.dtype)
+    for _, _, rs, cs in _offsets(k, s, d, out):
+        total += xp[:, :, rs, cs]
+    total /= _pool_count(x.shape, k, s, d, pads, out, count_include_pad, x.dtype)
+    return total
+
+
+def _avg_pool2d_vjp(g, y, x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pad=0,
+                    count_include_pad=False):
+    k, s, d, pads, out = _pool_geometry(x.shape, kernel, stride, padding, dilation, auto_pad)
+    share = g / _pool_count(x.shape, k, s, d, pads, out, count_include_pad, g.dtype)
+    t, left, b, r = pads
+    n, c, h, w = x.shape
+    dxp = np.zeros((n, c, h + t + b, w + left + r), dtype=g.dtype)
+    for _, _, rs, cs in _offsets(k, s, d, out):
+        dxp[:, :, rs, cs] += share
+    return dxp[:, :, t:t + h, left:left + w]
+
+
+def _pool_batch(linear: bool):
+    """Pooling works per example and per channel: rows on axis 0 or 1 stay rows; a mean or
+    sum over the batch survives average pooling (linear), not max pooling."""
+    def rule(ins, specs, out, **_):
+        (b,) = ins
+        if b.reduced:
+            return b if linear else batching.coupled("takes a max of a mean or sum over the batch")
+        if b.axis in (0, 1):
+            return b
+        return batching.coupled("pools over the batch axis")
+    return rule
+
+
+def _pool_flops(out, x, kernel, **_):
+    return num_elements(out.shape) * int(np.prod(_pair("kernel", kernel)))
+
+
+def _pool_samples(extra):
+    def samples(rng):
+        # a coarse grid of distinct values: finite differences never cross a tie
+        def x(shape):
+            return rng.permutation(np.prod(shape)).reshape(shape) * 0.1 + rng.uniform(-0.01, 0.01, shape)
+        return [
+            Sample((x((2, 3, 5, 5)),), {"kernel": [2, 2]}),
+            Sample((x((1, 2, 6, 5)),), {"kernel": [3, 2], "stride": [2, 1], "padding": [1, 1], **extra}),
+            Sample((x((1, 2, 7, 6)),), {"kernel": [2, 2], "stride": [1, 2], "dilation": [2, 1],
+                                          "padding": [1, 0, 0, 1], **extra}),
+            Sample((x((1, 1, 5, 4)),), {"kernel": [3, 3], "stride": [2, 2], "auto_pad": 1}),
+        ]
+    return samples
+
+
+register(Op(
+    "max_pool2d", max_pool2d, _infer_pool, (_max_pool2d_vjp,), _pool_samples({}), attrs=POOL_ATTRS,
+    saves=(0,), batch=_pool_batch(False), flops=_pool_flops,
+    doc="max over kh x kw windows of x (N, C, H, W), padded with -inf; the gradient goes to the first "
+        "maximal element of each window (as PyTorch); stride defaults to the kernel",
+))
+register(Op(
+    "avg_pool2d", avg_pool2d, _infer_pool, (_avg_pool2d_vjp,), _pool_samples({"count_include_pad": True}),
+    attrs={**POOL_ATTRS, "count_include_pad": Attr("bool", False)},
+    saves=(), batch=_pool_batch(True), flops=_pool_flops,
+    doc="mean over kh x kw windows of x (N, C, H, W); padding counts only with count_include_pad "
+        "(default false, as ONNX); stride defaults to the kernel",
+))
+
+
+# ------------------------------------------------------------------ global pooling
+
+
+def _infer_global(x):
+    require_float(x)
+    if x.ndim < 3:
+        raise ShapeError(f"global pooling needs x (N, C, spatial...), got {fmt_shape(x.shape)}")
+    return TensorSpec(x.shape[:2] + (1,) * (x.ndim - 2), x.dtype)
+
+
+def _spatial(x):
+    return tuple(range(2, x.ndim))
+
+
+def _global_max_vjp(g, y, x):
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    first = np.argmax(flat, axis=2)  # the first maximal element, as max_pool2d
+    dx = np.zeros(flat.shape, g.dtype)
+    np.put_along_axis(dx, first[..., None], g.reshape(n, c, 1), axis=2)
+    return dx.reshape(x.shape)
+
+
+def _global_samples(rng):
+    return [Sample((rng.permutation(2 * 3 * 4 * 5).reshape(2, 3, 4, 5) * 0.1,)),
+            Sample((rng.normal(size=(3, 2, 6)),))]
+
+
+register(Op(
+    "global_avg_pool2d", lambda x: x.mean(axis=_spatial(x), keepdims=True), _infer_global,
+    (lambda g, y, x: np.broadcast_to(g / int(np.prod(x.shape[2:])), x.shape),), _global_samples,
+    saves=(), batch=_pool_batch(True),
+    doc="mean over the spatial axes of x (N, C, ...), kept as size 1 (ONNX GlobalAveragePool)",
+))
+register(Op(
+    "global_max_pool2d", lambda x: x.max(axis=_spatial(x), keepdims=True), _infer_global,
+    (_global_max_vjp,), _global_samples, saves=(0,), batch=_pool_batch(False),
+    doc="max over the spatial axes of x (N, C, ...), kept as size 1 (ONNX GlobalMaxPool); the gradient "
+        "goes to the first maximal element",
+))
