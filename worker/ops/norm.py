@@ -380,7 +380,7 @@ def _dropout_samples(rng):
 register(Op(
     "dropout", dropout, _infer_dropout, _dropout_vjp, _dropout_samples, arity=None,
     attrs={"ratio": Attr("float", 0.5), "seed": Attr("int", 0), "training": Attr("bool", True)},
-    saves=(1,), batch=_dropout_batch,
+    saves=None, batch=_dropout_batch,  # rows (input 1) when given; saves may not name an absent input
     doc="dropout(x[, rows]): zero each element with probability ratio and scale the rest by 1/(1-ratio) "
         "(training=true), else the identity. The mask is a counter-based hash of (seed, row index, element "
         "index within the example): pass rows (int, one per example of x, e.g. the dataset indices) to make it "
