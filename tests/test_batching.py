@@ -249,6 +249,94 @@ CASES = {
 }
 
 
+# ---- worker/ops/math.py
+_COMPARE_CASES = [([_in(R0, (None, 3)), _in(FREE, (3,))], {}, R0), ([_in(FREE, (1, 3)), _in(R0, (None, 3))], {}, R0),
+                  ([_in(R0, (None, 3)), _in(FREE, (4, 3))], {}, C), ([_in(R1, (2, None)), _in(R1, (2, None))], {}, R1),
+                  ([_in(MEAN, (3,)), _in(FREE, (3,))], {}, C), ([_in(R0, (None, 3)), _in(SUM, ())], {}, C)]
+_LOGIC_CASES = [([_in(R0, (None, 3), "bool"), _in(FREE, (3,), "bool")], {}, R0),
+                ([_in(R0, (None, 3), "bool"), _in(FREE, (4, 3), "bool")], {}, C),
+                ([_in(FREE, (2, 1), "bool"), _in(R1, (2, None), "bool")], {}, R1)]
+_ZERO_ONE = (0.0, 1.0)
+
+
+def _arg_cases():
+    return [([_in(R0, (None, 3, 4))], {}, C), ([_in(R0, (None, 3, 4))], {"axis": 1}, R0),
+            ([_in(R0, (None, 3, 4))], {"axis": -1, "keepdims": True}, R0), ([_in(R1, (2, None, 4))], {}, R0),
+            ([_in(R1, (2, None, 4))], {"axis": 0, "keepdims": True}, R1), ([_in(R1, (2, None, 4))], {"axis": 2}, R1),
+            ([_in(R2, (2, 3, None))], {"axis": 1}, R1), ([_in(MEAN, (3, 4))], {"axis": 1}, C)]
+
+
+CASES.update({
+    **{name: _COMPARE_CASES for name in ("equal", "greater", "less", "greater_equal", "less_equal")},
+    "logical_and": _LOGIC_CASES, "logical_or": _LOGIC_CASES,
+    "logical_not": [([_in(R0, (None, 3), "bool")], {}, R0), ([_in(R1, (2, None), "bool")], {}, R1)],
+    **{name: UNARY_CASES for name in ("erf", "softplus", "softsign", "hard_swish", "silu", "log1p", "expm1",
+                                      "reciprocal", "sign", "floor", "ceil", "round", "selu")},
+    "leaky_relu": [(ins, {"alpha": 0.2}, out) for ins, _, out in UNARY_CASES],
+    "elu": [(ins, {"alpha": 0.5}, out) for ins, _, out in UNARY_CASES],
+    "gelu": UNARY_CASES + [(ins, {"approximate": "tanh"}, out) for ins, _, out in UNARY_CASES],
+    "hard_sigmoid": [(ins, {"alpha": 0.3, "beta": 0.4}, out) for ins, _, out in UNARY_CASES],
+    "clip": [(ins, {"min": -0.5, "max": 1.0}, out) for ins, _, out in UNARY_CASES]
+            + [([_in(MEAN, (3,))], {}, C)],  # even with no bound: clip is not linear
+    "cast": [([_in(R0, (None, 3))], {"to": "float32"}, R0), ([_in(R1, (2, None))], {"to": "int64"}, R1),
+             ([_in(R0, (None,), "int64")], {"to": "float64"}, R0), ([_in(MEAN, (3,))], {"to": "float64"}, C)],
+    "pow": [(ins, {"exponent": 2.0}, out) for ins, _, out in UNARY_CASES] + _binary(NONLINEAR_BINARY),
+    "min": _reduce_cases(None), "prod": _reduce_cases(None), "logsumexp": _reduce_cases(None),
+    "reduce_l2": _reduce_cases(None),
+    # a sum of |x| over the batch axis is a sum of per-example terms; |mean| is not a mean of |.|
+    "reduce_l1": [(ins, attrs, SUM if out == C else out) for ins, attrs, out in _reduce_cases(SUM)[:-2]]
+                 + [([_in(MEAN, (3, 4))], {"axis": 0}, C), ([_in(SUM, (3, 4))], {}, C)],
+    "argmax": _arg_cases(), "argmin": _arg_cases(),
+    "matmul": CASES["matmul"] + [
+        ([_in(R0, (None, 4)), _in(FREE, (4,))], {}, R0),  # matrix-vector: one dot per example
+        ([_in(FREE, (4,)), _in(R1, (4, None))], {}, R0),
+        ([_in(R0, (None,)), _in(FREE, (4,))], {}, C),  # the dot contracts over the batch
+        ([_in(R0, (None,)), _in(FREE, (4, 5))], {}, C),
+        ([_in(FREE, (3, 4)), _in(R0, (None,))], {}, C),
+        ([_in(R0, (None, 3, 4)), _in(FREE, (4,))], {}, R0),
+        ([_in(FREE, (4,)), _in(R0, (None, 4, 5))], {}, R0),
+        ([_in(R1, (2, None, 4)), _in(FREE, (4,))], {}, R1),
+        ([_in(MEAN, (4,)), _in(FREE, (4, 5))], {}, MEAN),
+        ([_in(FREE, (4,)), _in(SUM, (4,))], {}, SUM),
+    ],
+    "gemm": [
+        ([_in(R0, (None, 4)), _in(FREE, (4, 5)), _in(FREE, (5,))], {}, R0),
+        ([_in(R1, (4, None)), _in(FREE, (4, 5)), _in(FREE, (5,))], {"transA": 1}, R0),
+        ([_in(R0, (None, 4)), _in(FREE, (4, 5))], {"transA": 0, "alpha": 2.0}, R0),
+        ([_in(R1, (3, None)), _in(FREE, (4, 5))], {}, C),  # contracts over the batch
+        ([_in(FREE, (3, 4)), _in(R1, (4, None))], {}, R1),
+        ([_in(FREE, (3, 4)), _in(R0, (None, 4))], {"transB": 1}, R1),
+        ([_in(R0, (None, 4)), _in(FREE, (4, 5)), _in(FREE, (3, 5))], {}, C),  # C by position
+        ([_in(R0, (None, 4)), _in(FREE, (4, 5)), _in(R0, (None, 5))], {"beta": 0.5}, R0),
+        ([_in(R0, (None, 4)), _in(FREE, (4, 5)), _in(R0, (None, 1))], {}, R0),
+        ([_in(R0, (None, 4)), _in(R1, (4, None))], {}, C),
+        ([_in(MEAN, (3, 4)), _in(FREE, (4, 5)), _in(FREE, (5,))], {}, MEAN),
+        ([_in(SUM, (3, 4)), _in(FREE, (4, 5))], {}, SUM),
+        ([_in(SUM, (3, 4)), _in(FREE, (4, 5)), _in(FREE, (5,))], {}, C),  # C once per shard
+        ([_in(FREE, (3, 4)), _in(FREE, (4, 5)), _in(MEAN, (3, 5))], {}, MEAN),
+        ([_in(MEAN, (3, 4)), _in(FREE, (4, 5)), _in(MEAN, (5,))], {}, MEAN),
+        ([_in(MEAN, (3, 4)), _in(MEAN, (4, 5))], {}, C),
+        ([_in(R0, (None, 4)), _in(FREE, (4, 5)), _in(MEAN, (5,))], {}, C),
+    ],
+    "einsum": [
+        ([_in(R0, (None, 4)), _in(FREE, (4, 5))], {"equation": "bi,ij->bj"}, R0),
+        ([_in(R0, (None, 4)), _in(FREE, (4, 5))], {"equation": "bi,ij->jb"}, R1),
+        ([_in(R0, (None, 4)), _in(FREE, (4,))], {"equation": "bi,i->"}, SUM),  # summed over examples
+        ([_in(R0, (None, 4)), _in(R0, (None, 4))], {"equation": "bi,bi->b"}, R0),
+        ([_in(R0, (None, 4)), _in(R0, (None, 4))], {"equation": "bi,bi->"}, SUM),
+        ([_in(R0, (None, 4)), _in(R0, (None, 3))], {"equation": "bi,bj->bij"}, R0),
+        ([_in(R0, (None, 4)), _in(R0, (None, 4))], {"equation": "bi,ci->bc"}, C),  # every pair of examples
+        ([_in(R0, (None, 4)), _in(FREE, (5, 4))], {"equation": "bi,bi->b"}, C),  # the batch index on a fixed axis
+        ([_in(FREE, (3, 4)), _in(R1, (4, None))], {"equation": "ij,jk"}, R1),
+        ([_in(R1, (3, None, 4)), _in(FREE, (4, 5))], {"equation": "abi,ij->bja"}, R0),
+        ([_in(MEAN, (3, 4)), _in(FREE, (4, 5))], {"equation": "ij,jk->ik"}, MEAN),
+        ([_in(FREE, (3, 4)), _in(SUM, (4,))], {"equation": "ij,j->i"}, SUM),
+        ([_in(MEAN, (3, 4)), _in(MEAN, (4,))], {"equation": "ij,j->i"}, C),
+        ([_in(MEAN, (3, 4)), _in(R0, (None, 4))], {"equation": "ij,bj->bi"}, C),
+    ],
+})
+
+
 def test_every_op_has_batch_cases():
     """A new op fails here until its batch rule has cases (and, through the sweep below, is
     checked against its kernel): the default rule is only right for elementwise ops."""

@@ -74,6 +74,8 @@ def _coerce(attr: Attr, value: Any) -> Any:
         return float(value)
     if kind == "bool" and isinstance(value, bool):
         return value
+    if kind == "str" and isinstance(value, str):
+        return value
     if kind in ("ints", "axes") and isinstance(value, (list, tuple)) and all(map(_is_int, value)):
         return tuple(value)
     if kind == "axes" and _is_int(value):

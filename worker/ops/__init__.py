@@ -5,6 +5,7 @@ the engine, validator, wire format, SDK functions and registry-driven tests pick
 """
 
 from gradwire.worker.ops import elementwise, reduce, shape  # noqa: F401  (registration)
+from gradwire.worker.ops import math  # noqa: F401  (registration: comparisons, activations, reductions, gemm, einsum)
 from gradwire.worker.ops.registry import OPS, Attr, Op, Sample, ShapeError, unbroadcast
 
 __all__ = ["OPS", "Attr", "Op", "Sample", "ShapeError", "unbroadcast"]

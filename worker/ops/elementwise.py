@@ -132,11 +132,48 @@ def _pow(x, exponent):
     return np.power(x, x.dtype.type(exponent))
 
 
-unary("pow", _pow,
-      lambda g, y, x, exponent: g * (exponent * _pow(x, exponent - 1)),
-      saves=(0,), domain="positive", attrs={"exponent": Attr("float")},
-      attr_samples=({"exponent": 2.0}, {"exponent": 0.5}, {"exponent": -1.5}),
-      doc="x ** exponent for a scalar exponent")
+def _pow_forward(a, b=None, exponent=None):
+    if b is None:
+        return _pow(a, exponent)
+    return np.power(a, b)
+
+
+def _infer_pow(*xs: TensorSpec, exponent=None) -> TensorSpec:
+    if len(xs) == 1:
+        if exponent is None:
+            raise ShapeError("pow with one input needs the attribute 'exponent'")
+        return _infer_unary(xs[0])
+    if len(xs) == 2:
+        if exponent is not None:
+            raise ShapeError("pow takes the exponent as the attribute 'exponent' or as a second input, not both")
+        return _infer_binary(*xs)
+    raise ShapeError(f"pow takes one input (and 'exponent') or two (base, exponent), got {len(xs)}")
+
+
+def _pow_vjp(g, y, a, b=None, exponent=None):
+    if b is None:
+        if exponent == 0:
+            return (np.zeros(a.shape, g.dtype),)
+        return (g * (exponent * _pow(a, exponent - 1)),)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # d/da = b a^(b-1), 0 where b == 0 (as PyTorch: no 0 * inf at a == 0);
+        # d/db = a^b log a, 0 where a == 0 (the limit for b > 0; PyTorch's choice)
+        ga = g * np.where(b == 0, a.dtype.type(0), b * np.power(a, b - 1))
+        gb = g * np.where(a == 0, a.dtype.type(0), y * np.log(np.where(a == 0, a.dtype.type(1), a)))
+    return ga, gb
+
+
+def _pow_samples(rng):
+    unary = [Sample((DOMAINS["positive"](rng, (3, 4)),), {"exponent": e}) for e in (2.0, 0.5, -1.5)]
+    return unary + [Sample((DOMAINS["positive"](rng, sa), DOMAINS["real"](rng, sb))) for sa, sb in BINARY_SHAPES]
+
+
+register(Op(
+    "pow", _pow_forward, _infer_pow, _pow_vjp, _pow_samples, arity=None,
+    attrs={"exponent": Attr("float", None)}, saves=None, broadcast=True,
+    doc="a ** exponent for a scalar attribute exponent, or a ** b elementwise (broadcasting) for a "
+        "second input b; at a == 0 the gradient for b is 0",
+))
 
 # ------------------------------------------------------------------ where
 

@@ -80,11 +80,19 @@ reduction("mean", lambda x, axis=None, keepdims=False: np.mean(x, axis=_axis(axi
 def _max_vjp(g, y, x, axis=None, keepdims=False):
     # ties share the gradient evenly, so the rule stays a valid subgradient
     hit = (x == _expand(y, x, axis, keepdims)).astype(g.dtype)
-    return hit * (_expand(g, x, axis, keepdims) / hit.sum(axis=_axis(axis), keepdims=True))
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty axis: no element to divide for
+        return hit * (_expand(g, x, axis, keepdims) / hit.sum(axis=_axis(axis), keepdims=True))
 
 
-reduction("max", lambda x, axis=None, keepdims=False: np.max(x, axis=_axis(axis), keepdims=keepdims),
-          _max_vjp, saves=(0, "y"), doc="max over axes (all when axis is None)", batch=None)
+def _max(x, axis=None, keepdims=False):
+    axes = normalize_axes(axis, x.ndim)
+    if any(x.shape[a] == 0 for a in axes):  # ONNX's identity for ReduceMax over an empty axis
+        return np.full(keepdims_shape(x.shape, axes, keepdims), -np.inf, dtype=x.dtype)
+    return np.max(x, axis=_axis(axis), keepdims=keepdims)
+
+
+reduction("max", _max, _max_vjp, saves=(0, "y"),
+          doc="max over axes (all when axis is None); -inf over an empty axis", batch=None)
 
 
 # ------------------------------------------------------------------ softmax family

@@ -48,7 +48,7 @@ _REQUIRED = object()
 
 @dataclass(frozen=True)
 class Attr:
-    """An attribute's kind and default. Kinds: int, ints, float, bool, axes (None|int|ints)."""
+    """An attribute's kind and default. Kinds: int, ints, float, bool, str, axes (None|int|ints)."""
 
     kind: str
     default: Any = _REQUIRED

@@ -25,19 +25,46 @@ def _swap(x: np.ndarray) -> np.ndarray:
 
 
 def _infer_matmul(a: TensorSpec, b: TensorSpec) -> TensorSpec:
+    """np.matmul's rule: a 1-D a is a row (k,) -> (1, k), a 1-D b a column (k,) -> (k, 1), and
+    the added dimension is removed from the result."""
     require_float(a, b)
     require_same_dtype(a, b)
-    if a.ndim < 2 or b.ndim < 2:
-        raise ShapeError(f"matmul needs inputs of rank >= 2, got {fmt_shape(a.shape)} and {fmt_shape(b.shape)}")
-    k_a, k_b = a.shape[-1], b.shape[-2]
+    if a.ndim < 1 or b.ndim < 1:
+        raise ShapeError(f"matmul needs inputs of rank >= 1, got {fmt_shape(a.shape)} and {fmt_shape(b.shape)}")
+    a_shape = (1,) + a.shape if a.ndim == 1 else a.shape
+    b_shape = b.shape + (1,) if b.ndim == 1 else b.shape
+    k_a, k_b = a_shape[-1], b_shape[-2]
     if k_a is not None and k_b is not None and k_a != k_b:
         raise ShapeError(f"inner dimensions differ: {fmt_shape(a.shape)} @ {fmt_shape(b.shape)}")
-    batch = broadcast_dims(a.shape[:-2], b.shape[:-2])
-    return TensorSpec(batch + (a.shape[-2], b.shape[-1]), a.dtype)
+    batch = broadcast_dims(a_shape[:-2], b_shape[:-2])
+    rows = () if a.ndim == 1 else (a_shape[-2],)
+    cols = () if b.ndim == 1 else (b_shape[-1],)
+    return TensorSpec(batch + rows + cols, a.dtype)
+
+
+def _matmul_vjp_a(g, y, a, b):
+    if a.ndim > 1 and b.ndim > 1:
+        return g @ _swap(b)
+    if b.ndim == 1:  # g lacks the column axis: an outer product with b
+        grad = g[..., None] * b
+    else:  # a is 1-D, b is not: g lacks the row axis
+        grad = (g[..., None, :] @ _swap(b))[..., 0, :]
+    return grad  # a 1-D a: the executor sums the leading (broadcast) axes away
+
+
+def _matmul_vjp_b(g, y, a, b):
+    if a.ndim > 1 and b.ndim > 1:
+        return _swap(a) @ g
+    if a.ndim == 1:  # g lacks the row axis
+        if b.ndim == 1:
+            return g * a
+        return a[:, None] * g[..., None, :]
+    return (_swap(a) @ g[..., None])[..., 0]  # b is 1-D, a is not
 
 
 def _matmul_samples(rng):
-    pairs = [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (3, 4, 2))]
+    pairs = [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (3, 4, 2)),
+             ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)), ((2, 3, 4), (4,)), ((4,), (2, 4, 5))]
     return [Sample((rng.normal(size=sa), rng.normal(size=sb))) for sa, sb in pairs]
 
 
@@ -52,21 +79,30 @@ def _matmul_lands(b: batching.Batch, spec: TensorSpec, kept: int) -> int | None:
 def _matmul_batch(ins, specs, out):
     """a @ b is bilinear: a mean or sum times a batch-free matrix keeps it; rows of a (or
     columns of b) stay per-example; contracting over the batch, or pairing a's rows with b's
-    columns, couples examples."""
+    columns, couples examples. A 1-D operand is promoted as np.matmul does: its only axis is
+    contracted, and the axis added for it is gone from the output."""
     reduced = [b for b in ins if b.reduced]
     if reduced:
         if len(reduced) == 1 and all(b.kind == "free" for b in ins if not b.reduced):
             return reduced[0]
         return batching.coupled("multiplies a mean or sum over the batch by a batch-dependent operand")
-    landed = {_matmul_lands(b, s, kept) for b, s, kept in zip(ins, specs, (-2, -1)) if b.kind == "rows"}
+    if any(b.kind == "rows" and s.ndim == 1 for b, s in zip(ins, specs)):
+        return batching.coupled("contracts over the batch axis")
+    a_spec, b_spec = specs
+    promoted = (TensorSpec((1,) + a_spec.shape, a_spec.dtype) if a_spec.ndim == 1 else a_spec,
+                TensorSpec(b_spec.shape + (1,), b_spec.dtype) if b_spec.ndim == 1 else b_spec)
+    landed = {_matmul_lands(b, s, kept) for b, s, kept in zip(ins, promoted, (-2, -1)) if b.kind == "rows"}
     if None in landed:
         return batching.coupled("contracts over the batch axis")
     if len(landed) > 1:
         return batching.coupled("pairs every example of one operand with every example of the other")
     k = landed.pop()
     if k <= -3:  # a broadcast (leading) axis: as elementwise, a batch-free operand must have size 1 there
-        lead = tuple(TensorSpec(s.shape[:-2], s.dtype) for s in specs)
-        return batching.broadcast_rows(ins, lead, out.ndim - 2)
+        lead = tuple(TensorSpec(s.shape[:-2], s.dtype) for s in promoted)
+        n_lead = out.ndim - (a_spec.ndim > 1) - (b_spec.ndim > 1)
+        return batching.broadcast_rows(ins, lead, n_lead)
+    if b_spec.ndim == 1:  # a's rows (k == -2) land on the output's last axis
+        k += 1
     return batching.rows(out.ndim + k)
 
 
@@ -79,10 +115,10 @@ def _matmul_flops(out: TensorSpec, a: TensorSpec, b: TensorSpec) -> int:
 # broadcast=True: the executor sums each gradient over broadcast batch dimensions.
 register(Op(
     "matmul", np.matmul, _infer_matmul,
-    (lambda g, y, a, b: g @ _swap(b),
-     lambda g, y, a, b: _swap(a) @ g),
+    (_matmul_vjp_a, _matmul_vjp_b),
     _matmul_samples, arity=2, saves=(0, 1), broadcast=True, batch=_matmul_batch,
-    doc="a @ b over the last two dimensions; leading dimensions broadcast", flops=_matmul_flops,
+    doc="a @ b over the last two dimensions; leading dimensions broadcast; a 1-D operand is "
+        "promoted and the added dimension removed, as np.matmul", flops=_matmul_flops,
 ))
 
 
