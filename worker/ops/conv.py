@@ -163,12 +163,12 @@ def _conv_dx(g, w, x_shape, stride, dilation, pads, groups):
     co, cg, kh, kw = w.shape
     ho, wo = g.shape[2:]
     dcols = np.matmul(_gmat(g, groups), w.reshape(groups, co // groups, -1))  # (groups, N*Ho*Wo, cg*kh*kw)
-    dcols = dcols.reshape(groups, n, ho, wo, cg, kh, kw).transpose(1, 0, 4, 5, 6, 2, 3).reshape(n, c, kh, kw, ho, wo)
+    dcols = dcols.reshape(groups, n, ho, wo, cg, kh, kw)
     t, left, b, r = pads
-    dxp = np.zeros((n, c, h + t + b, wd + left + r), dtype=g.dtype)
+    dxp = np.zeros((n, groups, cg, h + t + b, wd + left + r), dtype=g.dtype)
     for i, j, rs, cs in _offsets((kh, kw), stride, dilation, (ho, wo)):
-        dxp[:, :, rs, cs] += dcols[:, :, i, j]
-    return dxp[:, :, t:t + h, left:left + wd]
+        dxp[:, :, :, rs, cs] += dcols[..., i, j].transpose(1, 0, 4, 2, 3)  # strided views, no copy
+    return dxp.reshape(n, c, h + t + b, wd + left + r)[:, :, t:t + h, left:left + wd]
 
 
 # ------------------------------------------------------------------ conv2d
@@ -402,33 +402,33 @@ def _infer_pool(x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pa
     return TensorSpec(x.shape[:2] + _spatial_out(x.shape[2:], k, s, padding, d, auto_pad), x.dtype)
 
 
-def _argmax_windows(xp, k, s, d, out):
-    """Per window: the max and the index (i*kw + j) of its first maximal element, as PyTorch."""
-    best = idx = None
-    for i, j, rs, cs in _offsets(k, s, d, out):
-        v = xp[:, :, rs, cs]
-        if best is None:
-            best, idx = v.copy(), np.zeros(v.shape, np.intp)
-            continue
-        better = v > best
-        np.copyto(best, v, where=better)
-        idx[better] = i * k[1] + j
-    return best, idx
-
-
 def max_pool2d(x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pad=0):
     k, s, d, pads, out = _pool_geometry(x.shape, kernel, stride, padding, dilation, auto_pad)
-    return _argmax_windows(_pad(x, pads, -np.inf), k, s, d, out)[0]
+    xp = _pad(x, pads, -np.inf)
+    y = None
+    for _, _, rs, cs in _offsets(k, s, d, out):
+        if y is None:
+            y = xp[:, :, rs, cs].copy()
+        else:
+            np.maximum(y, xp[:, :, rs, cs], out=y)
+    return y
 
 
 def _max_pool2d_vjp(g, y, x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pad=0):
+    """Each window's gradient goes to its first element (in kernel order) equal to the max,
+    as PyTorch; a window whose max is NaN passes none."""
     k, s, d, pads, out = _pool_geometry(x.shape, kernel, stride, padding, dilation, auto_pad)
-    _, idx = _argmax_windows(_pad(x, pads, -np.inf), k, s, d, out)
+    xp = _pad(x, pads, -np.inf)
     t, left, b, r = pads
     n, c, h, w = x.shape
-    dxp = np.zeros((n, c, h + t + b, w + left + r), dtype=g.dtype)
-    for i, j, rs, cs in _offsets(k, s, d, out):
-        dxp[:, :, rs, cs] += g * (idx == i * k[1] + j)
+    dxp = np.zeros(xp.shape, dtype=g.dtype)
+    free = np.ones(y.shape, bool)  # windows whose maximum is not yet found
+    hit = np.empty(y.shape, bool)
+    for _, _, rs, cs in _offsets(k, s, d, out):
+        np.equal(xp[:, :, rs, cs], y, out=hit)
+        hit &= free
+        free &= ~hit
+        dxp[:, :, rs, cs] += g * hit
     return dxp[:, :, t:t + h, left:left + w]
 
 
@@ -500,7 +500,7 @@ def _pool_samples(extra):
 
 register(Op(
     "max_pool2d", max_pool2d, _infer_pool, (_max_pool2d_vjp,), _pool_samples({}), attrs=POOL_ATTRS,
-    saves=(0,), batch=_pool_batch(False), flops=_pool_flops,
+    saves=(0, "y"), batch=_pool_batch(False), flops=_pool_flops,
     doc="max over kh x kw windows of x (N, C, H, W), padded with -inf; the gradient goes to the first "
         "maximal element of each window (as PyTorch); stride defaults to the kernel",
 ))
