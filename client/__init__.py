@@ -9,6 +9,7 @@ from gradwire.client.errors import Unauthenticated
 from gradwire.client.local import LocalEngine, local
 from gradwire.client.jobs import JobEvent, TrainingJob
 from gradwire.client.remote import Client, RemoteResult, Session, connect
+from gradwire.client.onnx_io import from_onnx, to_onnx  # needs the onnx extra only when called
 from gradwire.worker import optim
 from gradwire.worker.engine import ExecutionError, Result
 from gradwire.worker.validate import GraphError, LimitError
@@ -21,5 +22,6 @@ __all__ = [
     "GradwireError", "InvalidGraph", "ResourceExhausted", "NotFound", "Unavailable", "DeadlineExceeded",
     "Cancelled", "Internal", "PermissionDenied", "Unauthenticated",
     "GraphError", "LimitError", "ExecutionError",
+    "from_onnx", "to_onnx",
     *OP_FUNCTIONS,
 ]

@@ -184,6 +184,13 @@ class Graph:
     def __getitem__(self, name: str) -> Value:
         return Value(self, name, self._specs[name])
 
+    def value(self, name: str) -> Value:
+        """The value named ``name``: a batch input, parameter, constant or node output (an
+        imported ONNX model's outputs and intermediates keep their ONNX names), to build on."""
+        if name not in self._specs:
+            raise KeyError(f"the graph has no value named {name!r}")
+        return Value(self, name, self._specs[name])
+
     # serialization lives in the codec; these are conveniences
     def to_bytes(self) -> bytes:
         from gradwire.worker.codec import graph_to_proto
