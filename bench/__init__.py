@@ -31,6 +31,7 @@ WORKLOAD_MODULES = (
     "gradwire.bench.workloads_train",
     "gradwire.bench.workloads_jobs",
     "gradwire.bench.workloads_robust",
+    "gradwire.bench.workloads_security",
 )
 
 

@@ -100,10 +100,11 @@ def gradwire_server(**config: Any) -> Iterator[tuple[Any, str]]:
 
 
 @contextlib.contextmanager
-def subprocess_server(**config: Any) -> Iterator[str]:
+def subprocess_server(connect: dict | None = None, **config: Any) -> Iterator[str]:
     """``python -m gradwire serve`` in a child process on 127.0.0.1 (settings passed as
     ``GRADWIRE_<FIELD>`` variables), so client and server do not share one GIL; yields its
-    address once it answers, and always ends it by its pid (SIGTERM, then SIGKILL)."""
+    address once it answers (to ``gw.connect(address, **connect)``), and always ends it by its
+    pid (SIGTERM, then SIGKILL)."""
     import socket
     import subprocess
     import sys
@@ -125,7 +126,7 @@ def subprocess_server(**config: Any) -> Iterator[str]:
             if proc.poll() is not None:
                 raise RuntimeError(f"gradwire serve exited with status {proc.returncode} before answering")
             try:
-                with gw.connect(address, timeout=2.0, max_attempts=1) as probe:
+                with gw.connect(address, timeout=2.0, max_attempts=1, **(connect or {})) as probe:
                     probe.ops()
                 break
             except gw.GradwireError:
