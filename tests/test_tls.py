@@ -116,3 +116,24 @@ def test_a_ray_cluster_gradwire_starts_uses_token_auth_explicitly():
     assert use_token_auth(env) == "token" and env == {"RAY_AUTH_MODE": "token"}
     chosen = {"RAY_AUTH_MODE": "disabled"}  # the user's choice stands
     assert use_token_auth(chosen) == "disabled"
+
+
+def test_a_session_and_a_job_through_tls_and_tokens(start_server, pki, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t0k3n-alice alice\nt0k3n-bob bob\n")
+    _, address = start_server(tls_cert=pki["server_cert"], tls_key=pki["server_key"], auth_tokens=str(tokens))
+    g, params, batch = _graph()
+    data = {"x": np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)}
+    with gw.connect(address, ca=pki["ca"], token="t0k3n-alice", timeout=20) as alice:
+        session = alice.session(g, params)
+        assert session.value_and_grad(batch)[0] == _expected()[0]
+        job = alice.submit_job(g, params, data, gw.optim.SGD(lr=0.01), batch_size=10, epochs=2)
+        final = job.result()
+        assert final["w"].shape == (3,) and [j["job_id"] for j in alice.jobs()] == [job.job_id]
+    with gw.connect(address, ca=pki["ca"], token="t0k3n-bob", timeout=20) as bob:
+        assert bob.jobs() == []  # alice's job is hers
+        with pytest.raises(gw.NotFound):
+            bob.job(job.job_id).result()
+    with gw.connect(address, ca=pki["ca"], timeout=5, max_attempts=1) as anonymous:
+        with pytest.raises(gw.Unauthenticated):
+            anonymous.ops()
