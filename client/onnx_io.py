@@ -670,15 +670,17 @@ def _clip(b, a):
 
 @onnx_op("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss", attrs=("reduction", "ignore_index"))
 def _sce(b, a):
-    if len(b.node.output) > 1 and b.node.output[1]:
-        b.refuse("the log_prob output is not supported")
     op = "softmax_cross_entropy" if b.node.op_type == "SoftmaxCrossEntropyLoss" else "nll_loss"
     xs = [b.x(0), b.x(1)] + ([b.x(2)] if b.given(2) else [])
     if b.has(op, "reduction", "ignore_index"):
-        return b.op(op, *xs, reduction=a.get("reduction", "mean"), ignore_index=a.get("ignore_index"))
-    if a.get("reduction", "mean") != "mean" or len(xs) > 2 or "ignore_index" in a:
+        loss = b.op(op, *xs, reduction=a.get("reduction", "mean"), ignore_index=a.get("ignore_index"))
+    elif a.get("reduction", "mean") != "mean" or len(xs) > 2 or "ignore_index" in a:
         b.refuse("only reduction='mean' without weights nor ignore_index is supported")
-    return b.op(op, *xs)
+    else:
+        loss = b.op(op, *xs)
+    if len(b.node.output) > 1 and b.node.output[1]:  # SoftmaxCrossEntropyLoss's log_prob
+        return [loss, b.op("log_softmax", xs[0], axis=1)]
+    return loss
 
 
 def _channel(b, v: Value, ndim: int) -> Value:
@@ -710,17 +712,22 @@ def _normalize(b, x, axes, eps):
 
 @onnx_op("LayerNormalization", attrs=("axis", "epsilon", "stash_type"))
 def _layer_norm(b, a):
-    if len(b.node.output) > 1 and any(b.node.output[1:]):
-        b.refuse("the mean and inv_std_dev outputs are not supported")
     x, eps, axis = b.x(0), float(a.get("epsilon", 1e-5)), int(a.get("axis", -1))
+    nd = x.spec.ndim
+    axes = list(range(axis % nd, nd))
     if b.has("layer_norm", "axis", "epsilon"):
         bias = b.x(2) if b.given(2) else b.const(np.zeros(b.static_shape(b.x(1), "the scale"), x.dtype))
-        return b.op("layer_norm", x, b.x(1), bias, axis=axis, epsilon=eps)
-    nd = x.spec.ndim
-    axis = axis % nd
-    y = _normalize(b, x, list(range(axis, nd)), float(a.get("epsilon", 1e-5)))
-    y = b.op("mul", y, b.x(1))
-    return b.op("add", y, b.x(2)) if b.given(2) else y
+        y = b.op("layer_norm", x, b.x(1), bias, axis=axis, epsilon=eps)
+    else:
+        y = b.op("mul", _normalize(b, x, axes, eps), b.x(1))
+        y = b.op("add", y, b.x(2)) if b.given(2) else y
+    if len(b.node.output) == 1 or not any(b.node.output[1:]):
+        return y
+    # the optional Mean and InvStdDev outputs, over the normalized axes, kept as size 1
+    mu = b.op("mean", x, axis=axes, keepdims=True)
+    var = b.op("mean", b.op("square", b.op("sub", x, mu)), axis=axes, keepdims=True)
+    inv = b.op("div", b.scalar(1, x), b.op("sqrt", b.op("add", var, b.scalar(eps, x))))
+    return [y, mu, inv]
 
 
 @onnx_op("InstanceNormalization", attrs=("epsilon",))
