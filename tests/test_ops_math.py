@@ -384,3 +384,35 @@ def test_einsum_attention_scores_shard_per_example(rng):
     assert loss == pytest.approx(np.mean(np.log(np.exp(sc).sum(-1))), rel=1e-12)
     np.testing.assert_allclose(loss3, loss, rtol=1e-12)
     np.testing.assert_allclose(grads3["k"], grads["k"], rtol=1e-12, atol=1e-14)
+
+
+def test_einsum_on_random_equations_matches_numpy():
+    """The kernel is a batched matmul after summing and transposing: every role an index can
+    play (batch, contracted, one operand's own, summed within one operand) in random mixes."""
+    rng = np.random.default_rng(1)
+    letters = "abcdefg"
+    for _ in range(300):
+        n = rng.integers(1, 7)
+        pool = list(rng.permutation(list(letters))[:n])
+        sizes = {i: int(rng.integers(1, 4)) for i in pool}
+        sa = "".join(rng.permutation(pool)[: rng.integers(0, n + 1)])
+        sb = "".join(rng.permutation(pool)[: rng.integers(0, n + 1)])
+        used = sorted(set(sa + sb))
+        out = "".join(rng.permutation(used)[: rng.integers(0, len(used) + 1)]) if used else ""
+        eq = f"{sa},{sb}->{out}"
+        a = rng.normal(size=[sizes[i] for i in sa])
+        b = rng.normal(size=[sizes[i] for i in sb])
+        y = np.asarray(OPS["einsum"].forward(a, b, equation=eq))
+        np.testing.assert_allclose(y, np.einsum(eq, a, b), rtol=1e-12, atol=1e-12, err_msg=eq)
+        g = rng.normal(size=y.shape)
+        ga, gb = OPS["einsum"].input_grads([True, True], g, y, [a, b], {"equation": eq})
+        # <g, einsum(a, b)> is bilinear: <ga, a> == <g, y> == <gb, b>
+        assert ga.shape == a.shape and gb.shape == b.shape, eq
+        assert np.sum(ga * a) == pytest.approx(np.sum(g * y), rel=1e-9, abs=1e-9), eq
+        assert np.sum(gb * b) == pytest.approx(np.sum(g * y), rel=1e-9, abs=1e-9), eq
+
+
+def test_einsum_with_an_empty_dimension():
+    a, b = np.zeros((0, 3)), np.ones((3, 2))
+    assert OPS["einsum"].forward(a, b, equation="ij,jk->ik").shape == (0, 2)
+    np.testing.assert_array_equal(OPS["einsum"].forward(a, b, equation="ij,jk->jk"), np.zeros((3, 2)))

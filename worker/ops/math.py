@@ -8,6 +8,7 @@ condition, integer labels, or are fetched.
 
 from __future__ import annotations
 
+import functools
 import string
 
 import numpy as np
@@ -462,7 +463,7 @@ register(Op("prod", _prod, _infer_reduce, (_prod_vjp,), _prod_samples, attrs=RED
 
 def _logsumexp(x, axis=None, keepdims=False):
     axes = _axis(axis)
-    if x.size == 0 or _empty_reduction(x, axis, True, 0) is not None:
+    if x.size == 0:  # (an empty reduced axis makes x empty)
         with np.errstate(divide="ignore"):
             return np.log(np.sum(np.exp(x), axis=axes, keepdims=keepdims))  # log(0) = -inf when empty
     m = np.max(x, axis=axes, keepdims=True)
@@ -652,6 +653,7 @@ register(Op(
 _LETTERS = frozenset(string.ascii_letters)
 
 
+@functools.lru_cache(maxsize=256)  # parsed by every kernel call; a bad equation raises (and is not cached)
 def parse_einsum(equation: str) -> tuple[str, str, str]:
     """(a's, b's, the output's subscripts) of a two-operand equation; ShapeError if unsupported."""
     if not isinstance(equation, str):
@@ -709,16 +711,44 @@ def _infer_einsum(a: TensorSpec, b: TensorSpec, equation) -> TensorSpec:
     return TensorSpec(tuple(sizes[i] for i in out), a.dtype)
 
 
+def contract(sa: str, a: np.ndarray, sb: str, b: np.ndarray, out: str) -> np.ndarray:
+    """np.einsum(f"{sa},{sb}->{out}", a, b) as one (batched) matmul, BLAS-backed where
+    np.einsum would loop: indices in one operand only and not in the output are summed first;
+    then the shared indices kept in the output batch, the shared ones not kept are contracted,
+    and the rest are each operand's own rows / columns."""
+    a_sum = tuple(k for k, i in enumerate(sa) if i not in sb and i not in out)
+    if a_sum:
+        a, sa = a.sum(axis=a_sum), "".join(i for i in sa if i in sb or i in out)
+    b_sum = tuple(k for k, i in enumerate(sb) if i not in sa and i not in out)
+    if b_sum:
+        b, sb = b.sum(axis=b_sum), "".join(i for i in sb if i in sa or i in out)
+    size = {**dict(zip(sa, a.shape)), **dict(zip(sb, b.shape))}
+    batch = [i for i in out if i in sa and i in sb]
+    inner = [i for i in sa if i in sb and i not in out]
+    a_own = [i for i in sa if i not in sb]
+    b_own = [i for i in sb if i not in sa]
+
+    def dims(labels):
+        return int(np.prod([size[i] for i in labels], dtype=np.int64))
+
+    lead = tuple(size[i] for i in batch)
+    am = np.transpose(a, [sa.index(i) for i in batch + a_own + inner]).reshape(lead + (dims(a_own), dims(inner)))
+    bm = np.transpose(b, [sb.index(i) for i in batch + inner + b_own]).reshape(lead + (dims(inner), dims(b_own)))
+    y = np.matmul(am, bm).reshape(lead + tuple(size[i] for i in a_own + b_own))
+    labels = batch + a_own + b_own
+    return np.transpose(y, [labels.index(i) for i in out])
+
+
 def _einsum(a, b, equation):
     sa, sb, out = parse_einsum(equation)
-    return np.asarray(np.einsum(f"{sa},{sb}->{out}", a, b, optimize=True))
+    return contract(sa, a, sb, b, out)
 
 
 def _einsum_grad(g, other, s_self, s_other, out, shape):
     """The gradient for the operand with subscripts ``s_self``: g contracted with the other
     operand; indices only ``s_self`` has (summed within it) come back by broadcasting."""
     kept = "".join(i for i in s_self if i in out or i in s_other)
-    grad = np.einsum(f"{out},{s_other}->{kept}", g, other, optimize=True)
+    grad = contract(out, g, s_other, other, kept)
     if len(kept) < len(s_self):
         grad = np.broadcast_to(np.expand_dims(grad, tuple(k for k, i in enumerate(s_self) if i not in kept)), shape)
     return grad
