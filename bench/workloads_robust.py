@@ -502,7 +502,7 @@ def stalled_streams(cfg: Config) -> list[Row]:
 
 # ---------------------------------------------------------------- deadline_idle (issue 3)
 
-DEADLINE_SHAPE = (24, 1024, 4096)  # layers, width, batch rows: as tests/test_server_answers.py's heavy request
+DEADLINE_SHAPE = (24, 1024, 4096)  # layers, width, batch rows: the sizes of tests/test_server_answers.py's heavy request
 DEADLINE_QUICK_SHAPE = (8, 512, 1024)
 DEADLINE_S = 1.5
 DEADLINE_QUICK_S = 0.3
@@ -515,7 +515,12 @@ IDLE_BUDGET_MS = 100.0  # target: idle within this plus one node's time
 
 
 def _heavy_request(layers: int, width: int, n: int):
-    """A deep tanh MLP (``layers`` nodes of ``n x width @ width x width``) as one Compute request."""
+    """A deep tanh MLP as one small Compute request: ``layers`` nodes of ``tanh(h @ W)``,
+    ``n x width @ width x width`` each, sharing one ``W`` (4 MiB at width 1024), on
+    ``h0 = x @ c`` with ``x`` of ``n x 1``: the request is a few MiB, so it arrives in
+    milliseconds even on a busy machine and the deadline falls inside the computation (a
+    request carrying ``layers`` weights and an ``n x width`` batch, as the test's, took longer
+    than the deadline to upload when other processes used the CPUs)."""
     import gradwire as gw
     from gradwire.protos import gradwire_pb2 as pb
     from gradwire.worker.codec import graph_to_proto, tensor_chunks
@@ -524,17 +529,19 @@ def _heavy_request(layers: int, width: int, n: int):
         return next(tensor_chunks(name, np.asarray(array), 1 << 30))
 
     g = gw.Graph()
-    h = g.input("x", (None, width))
-    rng = np.random.default_rng(0)
-    params = {}
-    for i in range(layers):
-        params[f"w{i}"] = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-        h = gw.tanh(h @ g.param(f"w{i}", (width, width)))
+    x, c = g.input("x", (None, 1)), g.param("c", (1, width))
+    w = g.param("w", (width, width))
+    h = x @ c
+    for _ in range(layers):
+        h = gw.tanh(h @ w)
     g.set_loss(gw.mean(h * h))
-    x = rng.standard_normal((n, width)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    params = {"c": rng.standard_normal((1, width)).astype(np.float32),
+              "w": (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)}
+    x_value = rng.standard_normal((n, 1)).astype(np.float32)
     request = pb.ComputeRequest(header=pb.ComputeHeader(graph=graph_to_proto(g.graph_def)),
-                                params=[whole(k, v) for k, v in params.items()], batch=[whole("x", x)])
-    return request, params["w0"], x
+                                params=[whole(k, v) for k, v in params.items()], batch=[whole("x", x_value)])
+    return request, params["w"], (x_value @ params["c"]).astype(np.float32)
 
 
 def _node_times(w: np.ndarray, x: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -664,7 +671,8 @@ def deadline_idle(cfg: Config) -> list[Row]:
         cfg.log(f"[deadline_idle] {layers} layers of {n}x{width} @ {width}x{width}, request {request_mib:.0f} MiB, "
                 f"deadline {deadline_s:g} s, {trials} trials; one node {fwd_s * 1e3:.0f} ms forward, "
                 f"{bwd_s * 1e3:.0f} ms backward; server pid {server.pid} ({server.module})")
-        for _ in range(trials):
+        refused = 0  # trials that found the only slot still taken (RESOURCE_EXHAUSTED), retried
+        while len(results) < trials:
             _wait_idle(stat)
             with _Sampler(server.pid) as sampler:
                 time.sleep(0.05)
@@ -676,6 +684,10 @@ def deadline_idle(cfg: Config) -> list[Row]:
                     code = exc.code()
                 answered = time.monotonic()
                 deadline = started + deadline_s
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED and refused < 20:
+                    refused += 1
+                    time.sleep(0.25)
+                    continue
                 time.sleep(max(0.0, deadline + AFTER_S - time.monotonic()))
             samples = sampler.samples
             results.append({
@@ -690,13 +702,16 @@ def deadline_idle(cfg: Config) -> list[Row]:
 
     node_ms = fwd_s * 1e3
     bound_ms = IDLE_BUDGET_MS + node_ms
-    idle = [r["idle_s"] if r["idle_s"] is not None else AFTER_S for r in results]
-    idle_precise = [r["idle_schedstat_s"] if r["idle_schedstat_s"] is not None else AFTER_S for r in results]
+    # a trial counts if the server was computing when the deadline came (at least half a core
+    # in the 200 ms before it) and the call ended by its deadline
+    counted = [r for r in results if r["code"] == "DEADLINE_EXCEEDED" and r["busy_before"] >= 0.5]
+    valid = counted or results  # none counted: reported, and failed
+    idle = [r["idle_s"] if r["idle_s"] is not None else AFTER_S for r in valid]
+    idle_precise = [r["idle_schedstat_s"] if r["idle_schedstat_s"] is not None else AFTER_S for r in valid]
     stats = summarize(idle)
     worst = max(idle) * 1e3
     codes = sorted({r["code"] for r in results})
-    all_deadline = codes == ["DEADLINE_EXCEEDED"]
-    was_busy = min(r["busy_before"] for r in results)
+    was_busy = min(r["busy_before"] for r in valid)
     ratio = worst / bound_ms
     rows = [
         row("deadline_idle/one node: tanh(x @ w)", stats=summarize([fwd_s]), ratio=None,
@@ -705,15 +720,19 @@ def deadline_idle(cfg: Config) -> list[Row]:
                   f"{bwd_s * 1e3:.1f} ms", node_ms=node_ms, backward_layer_ms=bwd_s * 1e3),
         row("deadline_idle/deadline -> server CPU idle", stats=stats, ratio=ratio,
             target=f"<= {IDLE_BUDGET_MS:g} ms + one node = {bound_ms:.0f} ms",
-            passed=(ratio <= 1.0 and all_deadline) if not cfg.quick else None,
-            notes=f"ratio = slowest of {len(idle)} trials / the bound; idle = first {IDLE_WINDOW_S * 1e3:.0f} ms "
+            passed=(ratio <= 1.0 and bool(counted)) if not cfg.quick else None,
+            notes=f"ratio = slowest of {len(idle)} trials / the bound ({len(results) - len(counted)} of "
+                  f"{len(results)} trials found the server not computing at the deadline"
+                  f"{': none counted, all shown' if not counted else ', left out'}; {refused} starts refused, "
+                  f"the only slot still taken, and retried); idle = first {IDLE_WINDOW_S * 1e3:.0f} ms "
                   f"window under {IDLE_FRACTION:.0%} of a core (/proc/PID/stat, {SAMPLE_S * 1e3:.0f} ms samples, "
                   f"{1e3 / os.sysconf('SC_CLK_TCK'):.0f} ms ticks): {', '.join(f'{v * 1e3:.0f}' for v in idle)} ms; "
                   f"by schedstat (ns): {', '.join(f'{v * 1e3:.0f}' for v in idle_precise)} ms; server busy "
                   f">= {was_busy:.2f} cores in the 200 ms before each deadline; {'/'.join(codes)} "
                   f"{median([r['answered_after_deadline_ms'] for r in results]):+.0f} ms from the deadline; "
                   f"{max(r['busy_after_1s'] for r in results):.3f} cores 1-{AFTER_S:g} s after",
-            node_ms=node_ms, bound_ms=bound_ms, worst_ms=worst, trials=results, request_mib=request_mib),
+            node_ms=node_ms, bound_ms=bound_ms, worst_ms=worst, trials=results, counted_trials=len(counted),
+            refused_starts=refused, request_mib=request_mib),
     ]
     return rows
 
