@@ -45,7 +45,7 @@ from gradwire.worker.spec import DTYPES, FLOAT_DTYPES, TensorSpec
 from gradwire.worker.validate import GraphError, infer, topological_order
 
 MIN_OPSET = 13
-EXPORT_OPSET = 18  # ReduceMean/ReduceMax take their axes as an input from 18 on
+EXPORT_OPSET = 21  # axes as inputs of every Reduce* (18), Gelu (20), GroupNormalization per channel (21)
 INT64_MAX = 2**63 - 1
 # never evaluated at import time: their outputs are random
 _NOT_FOLDED = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
@@ -1159,6 +1159,166 @@ EXPORTERS.update({
     "nll_loss": _export_loss("NegativeLogLikelihoodLoss"),
     "mse": _export_mse,
     "binary_cross_entropy_with_logits": _export_bce,
+})
+
+# ---- the ops of math.py, indexing.py, conv.py and norm.py
+
+for _op, _t in {"sign": "Sign", "floor": "Floor", "ceil": "Ceil", "round": "Round", "erf": "Erf",
+                "reciprocal": "Reciprocal", "softplus": "Softplus", "softsign": "Softsign", "hard_swish": "HardSwish",
+                "equal": "Equal", "less": "Less", "greater": "Greater", "less_equal": "LessOrEqual",
+                "greater_equal": "GreaterOrEqual", "logical_and": "And", "logical_or": "Or", "logical_not": "Not",
+                "global_avg_pool2d": "GlobalAveragePool", "global_max_pool2d": "GlobalMaxPool"}.items():
+    EXPORTERS[_op] = (lambda t: lambda e, out, xs, specs, a: e.node(t, xs, out))(_t)
+
+
+def _with_attrs(t, **names):
+    """A 1:1 export whose ONNX attributes are gradwire attributes (``onnx_name=gradwire_name``)."""
+    def fn(e, out, xs, specs, a):
+        e.node(t, xs, out, **{k: a[v] for k, v in names.items() if a.get(v) is not None})
+    return fn
+
+
+for _op in ("min", "prod", "logsumexp", "reduce_l1", "reduce_l2"):
+    EXPORTERS[_op] = _export_reduce({"min": "ReduceMin", "prod": "ReduceProd", "logsumexp": "ReduceLogSumExp",
+                                     "reduce_l1": "ReduceL1", "reduce_l2": "ReduceL2"}[_op])
+
+
+def _export_composed(build):
+    """An export as a small ONNX composition: ``build(e, out, x, spec, a)`` -> nothing."""
+    return lambda e, out, xs, specs, a: build(e, out, xs[0], specs[0], a)
+
+
+def _one(e, out, spec):
+    return e.const(np.asarray(1, spec.dtype), out)
+
+
+def _export_clip(e, out, xs, specs, a):
+    dt = specs[0].dtype
+    bound = [("" if a[k] is None else e.const(np.asarray(a[k], dt), out)) for k in ("min", "max")]
+    e.node("Clip", [xs[0], *bound], out)
+
+
+def _export_cast(e, out, xs, specs, a):
+    e.node("Cast", xs, out, to=_elem_type(np.dtype(a["to"])))
+
+
+def _export_axes_op(t, attr):
+    def fn(e, out, xs, specs, a):
+        axes = a[attr]
+        ins = list(xs) + ([] if axes is None else [e.ints([axes] if isinstance(axes, int) else axes, out)])
+        e.node(t, ins, out)
+    return fn
+
+
+def _export_pad(e, out, xs, specs, a):
+    ins = [xs[0], e.ints(a["pads"], out)]
+    if a["mode"] == "constant":
+        ins.append(e.const(np.asarray(a["value"], specs[0].dtype), out))
+    e.node("Pad", ins, out, mode=a["mode"])
+
+
+def _export_split(e, out, xs, specs, a):
+    n = len(a["split"]) if a.get("split") is not None else a["num_outputs"]
+    outs = [out if i == a["index"] else e.fresh(out) for i in range(n)]
+    ins = [xs[0]] + ([e.ints(a["split"], out)] if a.get("split") is not None else [])
+    extra = {} if a.get("split") is not None else {"num_outputs": int(n)}
+    e.nodes.append(_onnx().helper.make_node("Split", ins, outs, name=out, axis=int(a["axis"]), **extra))
+
+
+def _export_one_hot(e, out, xs, specs, a):
+    values = xs[1] if len(xs) > 1 else e.const(np.asarray([0, 1], np.dtype(a["dtype"])), out)
+    e.node("OneHot", [xs[0], e.ints([a["depth"]], out), values], out, axis=int(a["axis"]))
+
+
+_AUTO_PAD_NAMES = {v: k for k, v in AUTO_PAD.items()}
+
+
+def _pads4(padding):
+    p = [int(v) for v in padding]
+    return p * 2 if len(p) == 2 else p
+
+
+def _export_conv(t):
+    def fn(e, out, xs, specs, a):
+        extra = {"output_padding": list(a["output_padding"])} if "output_padding" in a else {}
+        auto = _AUTO_PAD_NAMES[a.get("auto_pad", 0)]
+        if auto != "NOTSET":
+            extra["auto_pad"] = auto
+        else:
+            extra["pads"] = _pads4(a["padding"])
+        e.node(t, xs, out, kernel_shape=list(specs[1].shape[2:]), strides=list(a["stride"]),
+               dilations=list(a["dilation"]), group=int(a["groups"]), **extra)
+    return fn
+
+
+def _export_pool(t):
+    def fn(e, out, xs, specs, a):
+        kernel = list(a["kernel"])
+        auto = _AUTO_PAD_NAMES[a.get("auto_pad", 0)]
+        extra = {} if auto != "NOTSET" else {"pads": _pads4(a["padding"])}
+        if "count_include_pad" in a:
+            extra["count_include_pad"] = int(a["count_include_pad"])
+        if list(a["dilation"]) != [1, 1]:
+            extra["dilations"] = list(a["dilation"])
+        if auto != "NOTSET":
+            extra["auto_pad"] = auto
+        e.node(t, xs, out, kernel_shape=kernel, strides=list(a["stride"] if a["stride"] is not None else kernel),
+               **extra)
+    return fn
+
+
+def _export_batch_norm(e, out, xs, specs, a):
+    if a["training"]:
+        raise OnnxError(f"batch_norm node {out!r} runs in training mode (batch statistics); "
+                        "only eval mode exports (BatchNormalization with running statistics)")
+    e.node("BatchNormalization", xs, out, epsilon=float(a["epsilon"]))
+
+
+def _export_dropout(e, out, xs, specs, a):
+    if a["training"] and a["ratio"] > 0:
+        raise OnnxError(f"dropout node {out!r} is in training mode: its mask is gradwire's own hash, "
+                        "which ONNX's Dropout cannot reproduce")
+    e.node("Identity", xs[:1], out)
+
+
+EXPORTERS.update({
+    "elu": _with_attrs("Elu", alpha="alpha"),
+    "selu": _with_attrs("Selu", alpha="alpha", gamma="gamma"),
+    "leaky_relu": _with_attrs("LeakyRelu", alpha="alpha"),
+    "hard_sigmoid": _with_attrs("HardSigmoid", alpha="alpha", beta="beta"),
+    "gelu": _with_attrs("Gelu", approximate="approximate"),
+    "argmax": lambda e, out, xs, specs, a: e.node("ArgMax", xs, out, axis=int(a["axis"]), keepdims=int(a["keepdims"])),
+    "argmin": lambda e, out, xs, specs, a: e.node("ArgMin", xs, out, axis=int(a["axis"]), keepdims=int(a["keepdims"])),
+    "gemm": _with_attrs("Gemm", alpha="alpha", beta="beta", transA="transA", transB="transB"),
+    "einsum": _with_attrs("Einsum", equation="equation"),
+    "gather": _with_attrs("Gather", axis="axis"),
+    "gather_elements": _with_attrs("GatherElements", axis="axis"),
+    "embedding": lambda e, out, xs, specs, a: e.node("Gather", xs, out, axis=0),
+    "flatten": _with_attrs("Flatten", axis="axis"),
+    "squeeze": _export_axes_op("Squeeze", "axes"),
+    "unsqueeze": _export_axes_op("Unsqueeze", "axes"),
+    "expand": lambda e, out, xs, specs, a: e.node("Expand", [xs[0], e.ints(a["shape"], out)], out),
+    "tile": lambda e, out, xs, specs, a: e.node("Tile", [xs[0], e.ints(a["repeats"], out)], out),
+    "pad": _export_pad,
+    "split": _export_split,
+    "one_hot": _export_one_hot,
+    "clip": _export_clip,
+    "cast": _export_cast,
+    "expm1": _export_composed(lambda e, out, x, spec, a: e.node(
+        "Sub", [e.node("Exp", [x], e.fresh(out)), _one(e, out, spec)], out)),
+    "log1p": _export_composed(lambda e, out, x, spec, a: e.node(
+        "Log", [e.node("Add", [x, _one(e, out, spec)], e.fresh(out))], out)),
+    "silu": _export_composed(lambda e, out, x, spec, a: e.node(
+        "Mul", [x, e.node("Sigmoid", [x], e.fresh(out))], out)),
+    "conv2d": _export_conv("Conv"),
+    "conv_transpose2d": _export_conv("ConvTranspose"),
+    "max_pool2d": _export_pool("MaxPool"),
+    "avg_pool2d": _export_pool("AveragePool"),
+    "batch_norm": _export_batch_norm,
+    "layer_norm": _with_attrs("LayerNormalization", axis="axis", epsilon="epsilon"),
+    "instance_norm": _with_attrs("InstanceNormalization", epsilon="epsilon"),
+    "group_norm": _with_attrs("GroupNormalization", num_groups="num_groups", epsilon="epsilon"),
+    "dropout": _export_dropout,
 })
 
 
