@@ -867,6 +867,111 @@ def _einsum(b, a):
     return b.op("einsum", *xs, equation=a["equation"].replace(" ", ""))
 
 
+# ------------------------------------------------------------------ values known at import time
+
+
+@onnx_op("ConstantOfShape", attrs=("value",))
+def _constant_of_shape(b, a):
+    value = _onnx().numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
+    return np.full(b.ints(0, "the shape"), value.reshape(-1)[0], value.dtype)
+
+
+@onnx_op("Range", attrs=("stash_type",))
+def _range(b, a):
+    start, limit, delta = (b.c(i, what) for i, what in enumerate(("start", "limit", "delta")))
+    return np.arange(start, limit, delta).astype(np.asarray(start).dtype)
+
+
+@onnx_op("EyeLike", attrs=("dtype", "k"))
+def _eye_like(b, a):
+    x = b.x(0)
+    rows, cols = b.static_shape(x, "EyeLike")
+    dtype = _np_dtype(a["dtype"]) if "dtype" in a else x.dtype
+    if dtype is None:
+        b.refuse(f"dtype {_type_name(a['dtype'])} is not a gradwire dtype")
+    return np.eye(rows, cols, int(a.get("k", 0)), dtype=dtype)
+
+
+# ------------------------------------------------------------------ compositions over masks and comparisons
+
+
+@onnx_op("Trilu", attrs=("upper",))
+def _trilu(b, a):
+    x = b.x(0)
+    k = b.ints(1, "k")
+    k = 0 if k is None else k[0]
+    rows, cols = x.shape[-2:]
+    if rows is None or cols is None:
+        b.refuse(f"Trilu needs the last two dims known, got {x.spec}")
+    keep = (np.triu if a.get("upper", 1) else np.tril)(np.ones((rows, cols), bool), k)
+    zero = b.const(np.zeros((), x.dtype))
+    return b.op("where", b.const(keep), x, zero)
+
+
+@onnx_op("Xor")
+def _xor(b, a):
+    x, y = b.x(0), b.x(1)
+    return b.op("logical_and", b.op("logical_or", x, y), b.op("logical_not", b.op("logical_and", x, y)))
+
+
+@onnx_op("ThresholdedRelu", attrs=("alpha",))
+def _thresholded_relu(b, a):
+    x = b.x(0)
+    return b.op("where", b.op("greater", x, b.scalar(float(a.get("alpha", 1.0)), x)), x, b.scalar(0, x))
+
+
+@onnx_op("Shrink", attrs=("bias", "lambd"))
+def _shrink(b, a):
+    x = b.x(0)
+    lambd, bias = float(a.get("lambd", 0.5)), float(a.get("bias", 0.0))
+    high = b.op("where", b.op("greater", x, b.scalar(lambd, x)), b.op("sub", x, b.scalar(bias, x)), b.scalar(0, x))
+    return b.op("where", b.op("less", x, b.scalar(-lambd, x)), b.op("add", x, b.scalar(bias, x)), high)
+
+
+@onnx_op("Swish", attrs=("alpha",))
+def _swish(b, a):
+    x, alpha = b.x(0), float(a.get("alpha", 1.0))
+    if alpha == 1.0 and b.has("silu"):
+        return b.op("silu", x)
+    return b.op("mul", x, b.op("sigmoid", b.op("mul", x, b.scalar(alpha, x))))
+
+
+@onnx_op("Hardmax", attrs=("axis",))
+def _hardmax(b, a):
+    x = b.x(0)
+    axis = int(a.get("axis", -1)) % x.spec.ndim
+    depth = x.shape[axis]
+    if depth is None:
+        b.refuse(f"Hardmax needs the size of axis {axis} known, got {x.spec}")
+    index = b.op("argmax", x, axis=axis, keepdims=False)
+    return b.op("one_hot", index, b.const(np.array([0, 1], x.dtype)), depth=depth, axis=axis, dtype=x.dtype.name)
+
+
+@onnx_op("RMSNormalization", attrs=("axis", "epsilon", "stash_type"))
+def _rms_norm(b, a):
+    x = b.x(0)
+    nd = x.spec.ndim
+    axes = list(range(int(a.get("axis", -1)) % nd, nd))
+    ms = b.op("mean", b.op("square", x), axis=axes, keepdims=True)
+    y = b.op("div", x, b.op("sqrt", b.op("add", ms, b.scalar(float(a.get("epsilon", 1e-5)), x))))
+    return b.op("mul", y, b.x(1))
+
+
+@onnx_op("LpNormalization", attrs=("axis", "p"))
+def _lp_norm(b, a):
+    x, p = b.x(0), int(a.get("p", 2))
+    axis = int(a.get("axis", -1))
+    if p == 1:
+        norm = b.op("sum", b.op("abs", x), axis=axis, keepdims=True)
+    elif p == 2:
+        norm = b.op("sqrt", b.op("sum", b.op("square", x), axis=axis, keepdims=True))
+    else:
+        b.refuse(f"p={p} is not supported (1 or 2)")
+    # 0 where the norm is 0 (all of x is 0 there): divide by 1 instead
+    safe = b.op("where", b.op("equal", norm, b.scalar(0, x)), b.scalar(1, x), norm)
+    return b.op("div", x, safe)
+
+
 # ------------------------------------------------------------------ from_onnx
 
 
