@@ -42,13 +42,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from gradwire.server.app import create_server
     from gradwire.server.config import ServerConfig
+    from gradwire.server.job_store import private_job_dir
 
     rng = np.random.default_rng(0)
     graph = mlp()
     params = {name: (rng.normal(size=spec.shape) * 0.1).astype(spec.dtype)
               for name, spec in graph.graph_def.params.items()}
     x, y = synthetic_data(rng, 4096)
-    server, port = create_server(ServerConfig(port=0, backend=args.backend, workers=args.workers))
+    with private_job_dir() as job_dir:  # its server's jobs are this command's alone
+        return _demo(create_server(ServerConfig(port=0, backend=args.backend, workers=args.workers,
+                                                job_dir=job_dir)), graph, params, x, y, args, rng)
+
+
+def _demo(started, graph, params, x, y, args, rng) -> int:
+    server, port = started
     try:
         with gw.connect(f"127.0.0.1:{port}") as client:
             print(f"server on 127.0.0.1:{port} (backend={args.backend})")

@@ -112,3 +112,7 @@ class TrainingJob:
 
     def cancel(self) -> dict[str, Any]:
         return _info(self.client.transport.call("CancelJob", lambda: pb.JobRef(job_id=self.job_id)))
+
+    def delete(self) -> dict[str, Any]:
+        """Remove the finished job from the server, its folder included."""
+        return _info(self.client.transport.call("DeleteJob", lambda: pb.JobRef(job_id=self.job_id)))

@@ -35,12 +35,14 @@ def server_address(address: str | None, backend: str, workers: int):
         return
     from gradwire.server.app import create_server
     from gradwire.server.config import ServerConfig
+    from gradwire.server.job_store import private_job_dir
 
-    server, port = create_server(ServerConfig(port=0, backend=backend, workers=workers))
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
+    with private_job_dir() as job_dir:  # its jobs are this command's: never another server's folder
+        server, port = create_server(ServerConfig(port=0, backend=backend, workers=workers, job_dir=job_dir))
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            server.stop(0)
 
 
 def follow(job, total_hint: int | None = None):
@@ -145,8 +147,9 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def jobs_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gradwire jobs", description="list, watch or cancel training jobs")
-    parser.add_argument("action", nargs="?", default="list", choices=["list", "watch", "cancel"])
+    parser = argparse.ArgumentParser(prog="gradwire jobs", description="list, watch, cancel or remove training jobs")
+    parser.add_argument("action", nargs="?", default="list", choices=["list", "watch", "cancel", "rm"],
+                        help="rm removes a finished job and its folder (default: list)")
     parser.add_argument("job_id", nargs="?")
     parser.add_argument("--server", default="127.0.0.1:50051")
     args = parser.parse_args(argv)
@@ -161,6 +164,9 @@ def jobs_main(argv: list[str] | None = None) -> int:
         job = client.job(args.job_id)
         if args.action == "cancel":
             print(job.cancel()["state"])
+            return 0
+        if args.action == "rm":
+            print(f"removed {job.delete()['job_id']}")
             return 0
         _, last = follow(job)
         print(f"job {args.job_id}: {last.state if last else 'unknown'}")

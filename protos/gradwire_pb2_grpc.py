@@ -99,6 +99,11 @@ class GradwireStub:
                 request_serializer=gradwire_dot_protos_dot_gradwire__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/gradwire.v1.Gradwire/DeleteJob',
+                request_serializer=gradwire_dot_protos_dot_gradwire__pb2.JobRef.SerializeToString,
+                response_deserializer=gradwire_dot_protos_dot_gradwire__pb2.JobInfo.FromString,
+                _registered_method=True)
 
 
 class GradwireServicer:
@@ -183,6 +188,13 @@ class GradwireServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Removes a finished job and its folder (checkpoints, uploaded data); a running one: FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradwireServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -250,6 +262,11 @@ def add_GradwireServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=gradwire_dot_protos_dot_gradwire__pb2.ListJobsRequest.FromString,
                     response_serializer=gradwire_dot_protos_dot_gradwire__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=gradwire_dot_protos_dot_gradwire__pb2.JobRef.FromString,
+                    response_serializer=gradwire_dot_protos_dot_gradwire__pb2.JobInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -603,6 +620,33 @@ class Gradwire:
             '/gradwire.v1.Gradwire/ListJobs',
             gradwire_dot_protos_dot_gradwire__pb2.ListJobsRequest.SerializeToString,
             gradwire_dot_protos_dot_gradwire__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Gradwire/DeleteJob',
+            gradwire_dot_protos_dot_gradwire__pb2.JobRef.SerializeToString,
+            gradwire_dot_protos_dot_gradwire__pb2.JobInfo.FromString,
             options,
             channel_credentials,
             insecure,

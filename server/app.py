@@ -89,7 +89,7 @@ class GradwireServer:
         graphs = GraphStore(config.limits, config.max_graphs)
         jobs = JobManager(config.job_dir, self.backend, graphs, config.shards or self.backend.default_shards,
                           config.check_finite, self.admission, config.max_running_jobs, config.max_job_steps,
-                          tuple(root for root in config.data_roots.split(os.pathsep) if root))
+                          tuple(root for root in config.data_roots.split(os.pathsep) if root), config.keep_finished)
         self.servicer = GradwireServicer(config, self.backend, graphs, SessionStore(config.max_sessions), jobs,
                                          self.admission, auth=self.auth)
         self._loop = asyncio.new_event_loop()
@@ -142,15 +142,23 @@ class GradwireServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def start(self) -> "GradwireServer":
-        self.servicer.jobs.resume_all()
         self._on_loop(self._start())
+        # health answers at once; unfinished jobs resume meanwhile (each from its checkpoint)
+        self._resuming = threading.Thread(target=self.servicer.jobs.resume_all, name="gradwire-resume", daemon=True)
+        self._resuming.start()
         log.info("gradwire serving on %s:%d (backend=%s)", self.config.host, self.port, self.backend.name)
         return self
 
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
-        await self._loop.run_in_executor(None, self.servicer.jobs.stop)  # jobs pause at a step; watchers end
+        await self._loop.run_in_executor(None, self._stop_jobs)  # jobs pause at a step; watchers end
         await self.grpc_server.stop(grace)
+
+    def _stop_jobs(self) -> None:
+        resuming = getattr(self, "_resuming", None)
+        if resuming is not None:
+            resuming.join(timeout=30)
+        self.servicer.jobs.stop()
 
     def stop(self, grace: float | None = None) -> None:
         """Health flips to NOT_SERVING first; then new calls are refused and calls in

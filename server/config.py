@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, fields
 
 from gradwire.server.admission import physical_memory
+from gradwire.server.job_store import default_job_dir
 from gradwire.worker.codec import DEFAULT_CHUNK_BYTES
 from gradwire.worker.validate import Limits
 
@@ -57,7 +57,8 @@ class ServerConfig:
     # folders a job's data_path may name files in (os.pathsep-separated; `--data-root DIR`,
     # repeatable); none: path datasets are off, data must be uploaded
     data_roots: str = ""
-    job_dir: str = os.path.join(tempfile.gettempdir(), "gradwire-jobs")  # job data and checkpoints
+    job_dir: str = default_job_dir()  # job data and checkpoints: per user; one server per folder
+    keep_finished: int = 100  # finished jobs kept (the oldest beyond are removed)
 
     @property
     def memory_budget_bytes(self) -> int:

@@ -19,9 +19,11 @@ import logging
 import math
 import os
 import re
+import shutil
 import stat
 import threading
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,8 @@ from gradwire.server.auth import DEFAULT_TENANT
 from gradwire.server.backend import Backend
 from gradwire.server.placement import check_placement
 from gradwire.server.job_steps import StepPlan, Steps
-from gradwire.server.status import NotFound, PermissionDenied
+from gradwire.server.job_store import compact_events, lock_job_dir, prune_finished
+from gradwire.server.status import JobNotDone, NotFound, PermissionDenied, StillResuming
 from gradwire.server.store import GraphStore, Registered, check_params, new_id
 from gradwire.worker.cancel import CancelToken
 from gradwire.worker.optim import from_config, optimizer_from_json
@@ -157,7 +160,7 @@ def check_dataset(reg: Registered, data: dict[str, np.ndarray], batch_size: int)
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique: no two writers share one
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
         f.flush()
@@ -270,7 +273,7 @@ def _step_flops(reg: Registered, batch_size: int) -> float:
 class JobManager:
     def __init__(self, job_dir: str, backend: Backend, graphs: GraphStore, default_shards: int,
                  check_finite: bool = False, admission: Admission | None = None, max_running: int = 4,
-                 max_steps: int = 10_000_000, data_roots: tuple[str, ...] = ()):
+                 max_steps: int = 10_000_000, data_roots: tuple[str, ...] = (), keep_finished: int = 100):
         self.root = Path(job_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.backend, self.graphs = backend, graphs
@@ -285,6 +288,10 @@ class JobManager:
         self._running = threading.BoundedSemaphore(max_running)
         self.max_steps = max_steps
         self.data_roots = tuple(data_roots)
+        self.keep_finished = keep_finished
+        self._folder_lock = lock_job_dir(self.root)  # one server per job folder
+        self._resumed = threading.Event()  # cleared while resume_all reads the folder's jobs
+        self._resumed.set()
 
     # ------------------------------------------------------------------ submission
 
@@ -323,6 +330,13 @@ class JobManager:
         return run
 
     def resume_all(self) -> None:
+        self._resumed.clear()
+        try:
+            self._resume_all()
+        finally:
+            self._resumed.set()
+
+    def _resume_all(self) -> None:
         """Restart every job whose directory says it did not finish."""
         for job_json in sorted(self.root.glob("j-*/job.json")):
             directory = job_json.parent
@@ -479,12 +493,35 @@ class JobManager:
         run.emit({"step": run.step, "epoch": run.step // max(1, run.steps_per_epoch), "loss": run.loss,
                   "examples_per_s": 0.0, "eta_s": 0.0, "state": state, "total_steps": run.total_steps,
                   "message": message or run.error or (run.placement if state == "running" else "")}, durable=True)
+        if state in FINAL_STATES:
+            self._retire(run)
+
+    def _retire(self, run: JobRun) -> None:
+        """A finished job's log is compacted and the oldest finished jobs beyond
+        ``keep_finished`` are removed (the events in memory stay for its watchers)."""
+        compact_events(run.directory / "events.jsonl")
+        for job_id in prune_finished(self.root, self.keep_finished, FINAL_STATES):
+            with self._lock:
+                self.jobs.pop(job_id, None)
+            log.info("job %s removed (--keep-finished %d)", job_id, self.keep_finished)
+
+    def delete(self, job_id: str, tenant: str = DEFAULT_TENANT) -> JobRun:
+        """Remove a finished job and its folder (``gradwire jobs rm``)."""
+        run = self.get(job_id, tenant)
+        if run.state not in FINAL_STATES:
+            raise JobNotDone(f"job {job_id!r} is {run.state}; cancel it before removing it")
+        with self._lock:
+            self.jobs.pop(job_id, None)
+        shutil.rmtree(run.directory, ignore_errors=True)
+        return run
 
     # ------------------------------------------------------------------ queries
 
     def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> JobRun:
         with self._lock:
             run = self.jobs.get(job_id)
+        if run is None and not self._resumed.is_set():
+            raise StillResuming(f"job {job_id!r} is not known yet: the server is resuming its jobs; retry")
         if run is None or run.spec.tenant != tenant:  # another tenant's job: as if it did not exist
             raise NotFound(f"unknown job id {job_id!r}")
         return run
@@ -497,7 +534,9 @@ class JobManager:
         return run
 
     def list(self, tenant: str = DEFAULT_TENANT) -> list[JobRun]:
-        """``tenant``'s jobs."""
+        """``tenant``'s jobs (UNAVAILABLE, retryable, until the folder's jobs are all resumed)."""
+        if not self._resumed.is_set():
+            raise StillResuming("the server is resuming its jobs; retry")
         return [run for run in self._all() if run.spec.tenant == tenant]
 
     def _all(self) -> list[JobRun]:
@@ -530,3 +569,4 @@ class JobManager:
                 run.token.cancel("the server is stopping")
         for thread in self._threads:
             thread.join(timeout=30)
+        self._folder_lock.close()  # the folder is free for the next server

@@ -330,6 +330,11 @@ class GradwireServicer(pb_grpc.GradwireServicer):
             return self.jobs.cancel(request.job_id, call.tenant).info()
         return await self._unary("CancelJob", context, run)
 
+    async def DeleteJob(self, request, context):
+        async def run(call):
+            return (await self._light(self.jobs.delete, request.job_id, call.tenant)).info()
+        return await self._unary("DeleteJob", context, run)
+
     async def ListJobs(self, request, context):
         async def run(call):
             _wellformed(request)

@@ -25,6 +25,10 @@ class WorkersUnavailable(RuntimeError):
     """The backend could not finish the work (workers kept dying, cluster gone)."""
 
 
+class StillResuming(RuntimeError):
+    """A job id not known yet while the server is still resuming its folder's jobs (retryable)."""
+
+
 class JobNotDone(RuntimeError):
     """A training job's result was asked for before it finished (or after it failed)."""
 
@@ -44,6 +48,7 @@ STATUS_TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (WorkersUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StillResuming, grpc.StatusCode.UNAVAILABLE),  # clients retry UNAVAILABLE
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, grpc.StatusCode.DEADLINE_EXCEEDED),  # the client is gone or its deadline passed
     (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -90,17 +90,14 @@ def start_server(tmp_path_factory):
     """``start_server(**config) -> (server, address)``: a started in-process server on
     127.0.0.1 and an OS-chosen port (``backend=`` passes a custom backend). Every server
     started through it is stopped when the test module ends."""
-    import dataclasses
 
     from gradwire.server.app import create_server
     from gradwire.server.config import ServerConfig
 
     servers = []
-    isolated = {}
-    if "job_dir" in {f.name for f in dataclasses.fields(ServerConfig)}:  # never resume other runs' jobs
-        isolated["job_dir"] = str(tmp_path_factory.mktemp("jobs"))
 
     def start(backend=None, **config):
+        isolated = {"job_dir": str(tmp_path_factory.mktemp("jobs"))}  # its own: one server per job folder
         server, port = create_server(ServerConfig(**{"host": "127.0.0.1", "port": 0, **isolated, **config}), backend)
         servers.append(server)
         return server, f"127.0.0.1:{port}"
