@@ -396,8 +396,8 @@ def _infer_pool(x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pa
     s = k if stride is None else stride
     s, d = _check_geometry(s, padding, dilation, auto_pad)
     pads = _pads((1, 1), k, s, padding, d, 0) if auto_pad == 0 else None
-    if pads is not None and any(p >= (ki - 1) * di + 1 for p, ki, di in zip(pads, k * 2, d * 2)):
-        raise ShapeError(f"padding {list(padding)} must be smaller than the (dilated) kernel {list(k)}: "
+    if pads is not None and any(2 * p > (ki - 1) * di + 1 for p, ki, di in zip(pads, k * 2, d * 2)):
+        raise ShapeError(f"padding {list(padding)} must be at most half the (dilated) kernel {list(k)}, as PyTorch: "
                          "a window could hold padding only")
     return TensorSpec(x.shape[:2] + _spatial_out(x.shape[2:], k, s, padding, d, auto_pad), x.dtype)
 
