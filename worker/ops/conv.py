@@ -396,9 +396,9 @@ def _infer_pool(x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pa
     s = k if stride is None else stride
     s, d = _check_geometry(s, padding, dilation, auto_pad)
     pads = _pads((1, 1), k, s, padding, d, 0) if auto_pad == 0 else None
-    if pads is not None and any(2 * p > (ki - 1) * di + 1 for p, ki, di in zip(pads, k * 2, d * 2)):
-        raise ShapeError(f"padding {list(padding)} must be at most half the (dilated) kernel {list(k)}, as PyTorch: "
-                         "a window could hold padding only")
+    if pads is not None and any(p > (ki - 1) * di for p, ki, di in zip(pads, k * 2, d * 2)):
+        raise ShapeError(f"padding {list(padding)} must be at most (kernel - 1) * dilation (below the kernel, as "
+                         f"ONNX, without dilation) for kernel {list(k)}: a window would hold padding only")
     return TensorSpec(x.shape[:2] + _spatial_out(x.shape[2:], k, s, padding, d, auto_pad), x.dtype)
 
 
@@ -441,7 +441,7 @@ def _pool_count(shape, k, s, d, pads, out, include_pad, dtype):
     count = np.zeros((1, 1) + out, dtype)
     for _, _, rs, cs in _offsets(k, s, d, out):
         count += ones[:, :, rs, cs]
-    return count
+    return np.maximum(count, 1)  # a dilated window can miss a tiny input: its mean is 0
 
 
 def avg_pool2d(x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pad=0, count_include_pad=False):
