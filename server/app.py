@@ -57,12 +57,43 @@ def add_servicer(servicer: GradwireServicer, server) -> None:
              (False, True): grpc.unary_stream_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
     handlers = {
         m.name: kinds[m.client_streaming, m.server_streaming](
-            getattr(servicer, m.name), request_deserializer=frames.lenient_decoder(getattr(pb, m.input_type.name)),
-            response_serializer=frames.serialize)
+            getattr(servicer, m.name), request_deserializer=_counted_in(servicer.metrics, m.name, frames.lenient_decoder(
+                getattr(pb, m.input_type.name))), response_serializer=_counted_out(servicer.metrics, m.name))
         for m in service.methods
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _metrics():
+    try:
+        from gradwire.server.metrics import Metrics
+    except ImportError:
+        raise ValueError("--metrics-port needs prometheus_client: pip install 'gradwire[metrics]'") from None
+    return Metrics()
+
+
+def _counted_in(metrics, method: str, decode):
+    if metrics is None:
+        return decode
+    received = metrics.received.labels(method)
+
+    def deserialize(data: bytes):
+        received.inc(len(data))
+        return decode(data)
+    return deserialize
+
+
+def _counted_out(metrics, method: str):
+    if metrics is None:
+        return frames.serialize
+    sent = metrics.sent.labels(method)
+
+    def serialize(message) -> bytes:
+        data = frames.serialize(message)
+        sent.inc(len(data))
+        return data
+    return serialize
 
 
 def make_backend(config: ServerConfig) -> Backend:
@@ -90,8 +121,13 @@ class GradwireServer:
         jobs = JobManager(config.job_dir, self.backend, graphs, config.shards or self.backend.default_shards,
                           config.check_finite, self.admission, config.max_running_jobs, config.max_job_steps,
                           tuple(root for root in config.data_roots.split(os.pathsep) if root), config.keep_finished)
-        self.servicer = GradwireServicer(config, self.backend, graphs, SessionStore(config.max_sessions), jobs,
-                                         self.admission, auth=self.auth)
+        sessions = SessionStore(config.max_sessions)
+        self.metrics = _metrics() if config.metrics_port else None
+        if self.metrics is not None:
+            self.metrics.watch(sessions, graphs, jobs, self.backend)
+            jobs.observe = self.metrics.observe_outcome
+        self.servicer = GradwireServicer(config, self.backend, graphs, sessions, jobs, self.admission, auth=self.auth,
+                                         metrics=self.metrics)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gradwire-loop", daemon=True)
         self._thread.start()
@@ -143,6 +179,8 @@ class GradwireServer:
 
     def start(self) -> "GradwireServer":
         self._on_loop(self._start())
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port)
         # health answers at once; unfinished jobs resume meanwhile (each from its checkpoint)
         self._resuming = threading.Thread(target=self.servicer.jobs.resume_all, name="gradwire-resume", daemon=True)
         self._resuming.start()
@@ -170,6 +208,8 @@ class GradwireServer:
             self._on_loop(self._stop(self.config.grace_seconds if grace is None else grace))
         finally:
             self.servicer.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.backend.close()
             self._close_loop()
 

@@ -19,6 +19,7 @@ class ServerConfig:
     tls_cert: str = ""  # PEM certificate chain: serve TLS (with tls_key)
     tls_key: str = ""  # PEM private key of tls_cert
     tls_client_ca: str = ""  # PEM CA bundle: mutual TLS, clients must present a certificate it signed
+    metrics_port: int = 0  # serve Prometheus metrics over HTTP on this port (of host); 0: off
     insecure: bool = False  # silence the warning about serving a non-loopback address without TLS and tokens
     backend: str = "local"  # local | ray
     workers: int = 2  # Ray actors (and CPUs of a Ray cluster started here)

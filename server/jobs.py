@@ -289,6 +289,7 @@ class JobManager:
         self.max_steps = max_steps
         self.data_roots = tuple(data_roots)
         self.keep_finished = keep_finished
+        self.observe = None  # called with each step's outcome (metrics), when set
         self._folder_lock = lock_job_dir(self.root)  # one server per job folder
         self._resumed = threading.Event()  # cleared while resume_all reads the folder's jobs
         self._resumed.set()
@@ -470,9 +471,12 @@ class JobManager:
             cancel.cancel("the job was cancelled or the server is stopping")
         self.admission.wait_slot(cancel)
         try:
-            return steps.run(run.step, run.params, cancel)
+            outcome = steps.run(run.step, run.params, cancel)
         finally:
             self.admission.give_slot()
+        if self.observe is not None:
+            self.observe(outcome)
+        return outcome
 
     def _progress(self, run: JobRun, started: float, started_step: int) -> None:
         spec = run.spec
@@ -538,6 +542,10 @@ class JobManager:
         if not self._resumed.is_set():
             raise StillResuming("the server is resuming its jobs; retry")
         return [run for run in self._all() if run.spec.tenant == tenant]
+
+    def all_runs(self) -> list[JobRun]:
+        """Every tenant's jobs (for metrics)."""
+        return self._all()
 
     def _all(self) -> list[JobRun]:
         with self._lock:

@@ -17,6 +17,7 @@ import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -37,6 +38,9 @@ from gradwire.worker.codec import Assembler, stream_messages
 from gradwire.worker.ops import OPS
 from gradwire.worker.validate import GraphError
 
+if TYPE_CHECKING:  # prometheus_client is optional: imported only with --metrics-port
+    from gradwire.server.metrics import Metrics
+
 log = logging.getLogger("gradwire.server")
 _LABEL = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -50,7 +54,8 @@ class _Call:
     """Per-request bookkeeping for the log line, and the caller's tenant. The request id
     labels the log line and the answer; it never selects data."""
 
-    def __init__(self, method: str, context):
+    def __init__(self, method: str, context, metrics: Metrics | None = None):
+        self.metrics = metrics
         self._metadata = tuple(context.invocation_metadata() or ())
         metadata = dict(self._metadata)
         self.request_id = _label(metadata.get("gradwire-request-id")) or uuid.uuid4().hex[:12]
@@ -71,15 +76,19 @@ class _Call:
         tenant = "" if self._shown_tenant is None else f" tenant={self._shown_tenant}"
         log.info("request=%s method=%s graph=%s batch=%s status=%s ms=%.1f%s",
                  self.request_id, self.method, self.graph_id, self.batch, status, ms, tenant)
+        if self.metrics is not None:
+            self.metrics.observe_call(self.method, status, ms / 1e3)
 
 
 class GradwireServicer(pb_grpc.GradwireServicer):
     """Handlers over the stores, the job manager and the backend they are given."""
 
     def __init__(self, config: ServerConfig, backend: Backend, graphs: GraphStore, sessions: SessionStore,
-                 jobs: JobManager, admission: Admission, auth: Authenticator | None = None):
+                 jobs: JobManager, admission: Admission, auth: Authenticator | None = None,
+                 metrics: Metrics | None = None):
         self.config, self.backend = config, backend
         self.auth = auth or Authenticator()  # none: every caller is the default tenant
+        self.metrics = metrics
         self.graphs, self.sessions, self.jobs, self.admission = graphs, sessions, jobs, admission
         self.default_shards = config.shards or backend.default_shards
         # compute threads: one per slot, so an admitted request never queues for a thread
@@ -104,7 +113,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         return code, message
 
     async def _unary(self, method: str, context, fn):
-        call = _Call(method, context)
+        call = _Call(method, context, self.metrics)
         try:
             call.authenticate(self.auth)
             response = await fn(call)
@@ -117,7 +126,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         return response
 
     async def _streaming(self, method: str, context, fn):
-        call = _Call(method, context)
+        call = _Call(method, context, self.metrics)
         try:
             call.authenticate(self.auth)
             async for message in fn(call):
@@ -197,7 +206,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         decoded.phase_ms["decode"] = gradients._ms_since(t)
         job = gradients.validate(decoded, self.config, self.default_shards)
         call.batch = gradients.batch_rows(decoded)
-        outcome = gradients.compute(self.backend, decoded, job, holdings, cancel, self.config)
+        outcome = self._observed(gradients.compute(self.backend, decoded, job, holdings, cancel, self.config))
         return gradients.encode_unary(decoded, job, outcome, self.backend.name, call.request_id)
 
     async def ValueAndGrad(self, request_iterator, context):
@@ -229,7 +238,13 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         decoded.phase_ms["decode"] = gradients._ms_since(t)
         job = gradients.validate(decoded, self.config, self.default_shards)
         call.batch = gradients.batch_rows(decoded)
-        return decoded, job, gradients.compute(self.backend, decoded, job, holdings, cancel, self.config)
+        return decoded, job, self._observed(gradients.compute(self.backend, decoded, job, holdings, cancel,
+                                                              self.config))
+
+    def _observed(self, outcome):
+        if self.metrics is not None:
+            self.metrics.observe_outcome(outcome)
+        return outcome
 
     # ------------------------------------------------------------------ sessions
 

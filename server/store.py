@@ -56,6 +56,9 @@ class GraphStore:
             hit.owners.add(tenant)
             return hit
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def get(self, graph_id: str, tenant: str = DEFAULT_TENANT) -> Registered:
         with self._lock:
             hit = self._items.get(graph_id)
@@ -88,6 +91,9 @@ class SessionStore:
         self._items: LruCache[str, Session] = LruCache(capacity)
         self._update_lock = threading.Lock()  # an update reads and replaces a snapshot
         self._versions = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def create(self, graph: Registered, params: dict[str, np.ndarray], tenant: str = DEFAULT_TENANT) -> Session:
         check_params(graph.program, params, partial=False)
