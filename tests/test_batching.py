@@ -249,6 +249,101 @@ CASES = {
 }
 
 
+# ---- worker/ops/conv.py, norm.py
+R3 = rows(3)
+_IMG, _W, _B = (None, 3, 5, 5), (4, 3, 3, 3), (4,)
+_POOL = {"kernel": [2, 2]}
+
+
+def _pool_cases(linear, attrs):
+    return [
+        ([_in(R0, (None, 2, 5, 5))], attrs, R0),
+        ([_in(R1, (2, None, 5, 5))], attrs, R1),  # per channel
+        ([_in(R2, (2, 2, None, 5))], attrs, C),
+        ([_in(R3, (2, 2, 5, None))], attrs, C),
+        ([_in(MEAN, (2, 2, 4, 4))], attrs, MEAN if linear else C),
+        ([_in(SUM, (2, 2, 4, 4))], attrs, SUM if linear else C),
+    ]
+
+
+def _norm_vectors(c, k=2):
+    return [_in(FREE, (c,)) for _ in range(k)]
+
+
+CASES.update({
+    "conv2d": [
+        ([_in(R0, _IMG), _in(FREE, _W), _in(FREE, _B)], {}, R0),
+        ([_in(R0, _IMG), _in(FREE, _W)], {"stride": [2, 2], "padding": [1, 1], "dilation": [1, 2]}, R0),
+        ([_in(R0, (None, 4, 5, 5)), _in(FREE, (4, 2, 3, 3))], {"groups": 2, "auto_pad": 1}, R0),
+        ([_in(R1, (2, None, 5, 5)), _in(FREE, _W)], {}, C),  # sums over channels
+        ([_in(R2, (2, 3, None, 5)), _in(FREE, _W)], {}, C),  # windows across rows
+        ([_in(MEAN, (2, 3, 5, 5)), _in(FREE, _W), _in(FREE, _B)], {}, MEAN),
+        ([_in(SUM, (2, 3, 5, 5)), _in(FREE, _W)], {}, SUM),
+        ([_in(SUM, (2, 3, 5, 5)), _in(FREE, _W), _in(FREE, _B)], {}, C),  # the bias once per shard
+        ([_in(R0, _IMG), _in(MEAN, _W)], {}, C),
+        ([_in(R0, _IMG), _in(R0, (None, 3, 3, 3))], {}, C),
+        ([_in(R0, _IMG), _in(FREE, _W), _in(SUM, _B)], {}, C),
+    ],
+    "conv_transpose2d": [
+        ([_in(R0, (None, 3, 3, 3)), _in(FREE, (3, 2, 3, 3)), _in(FREE, (2,))], {}, R0),
+        ([_in(R0, (None, 3, 3, 3)), _in(FREE, (3, 2, 2, 2))], {"stride": [2, 2], "output_padding": [1, 0]}, R0),
+        ([_in(R1, (2, None, 3, 3)), _in(FREE, (3, 2, 3, 3))], {}, C),
+        ([_in(R2, (2, 3, None, 3)), _in(FREE, (3, 2, 3, 3))], {}, C),
+        ([_in(MEAN, (2, 3, 3, 3)), _in(FREE, (3, 2, 3, 3)), _in(FREE, (2,))], {}, MEAN),
+        ([_in(SUM, (2, 3, 3, 3)), _in(FREE, (3, 2, 3, 3))], {}, SUM),
+        ([_in(R0, (None, 3, 3, 3)), _in(SUM, (3, 2, 3, 3))], {}, C),
+    ],
+    "max_pool2d": _pool_cases(False, _POOL) + _pool_cases(False, {"kernel": [3, 2], "stride": [2, 1], "padding": [1, 1]}),
+    "avg_pool2d": _pool_cases(True, _POOL) + _pool_cases(True, {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1]}),
+    "global_avg_pool2d": _pool_cases(True, {}),
+    "global_max_pool2d": _pool_cases(False, {}),
+    "batch_norm": [
+        # training mode: statistics over the batch couple every example with every other
+        ([_in(R0, (None, 3, 2, 2)), *_norm_vectors(3, 4)], {"training": True}, C),
+        ([_in(R0, (None, 3)), *_norm_vectors(3, 4)], {"training": True}, C),
+        ([_in(R2, (2, 3, None, 2)), *_norm_vectors(3, 4)], {"training": True}, C),
+        ([_in(MEAN, (2, 3)), *_norm_vectors(3, 4)], {"training": True}, C),
+        # inference: the running statistics are batch-free, each example on its own
+        ([_in(R0, (None, 3, 2, 2)), *_norm_vectors(3, 4)], {}, R0),
+        ([_in(R0, (None, 3)), *_norm_vectors(3, 4)], {"training": False, "epsilon": 0.1}, R0),
+        ([_in(R1, (2, None)), *_norm_vectors(3, 4)], {}, C),
+        ([_in(MEAN, (2, 3)), *_norm_vectors(3, 4)], {}, C),
+        ([_in(R0, (None, 3)), _in(FREE, (3,)), _in(FREE, (3,)), _in(MEAN, (3,)), _in(FREE, (3,))], {}, C),
+    ],
+    "layer_norm": [
+        ([_in(R0, (None, 4)), _in(FREE, (4,)), _in(FREE, (4,))], {}, R0),
+        ([_in(R0, (None, 3, 4)), _in(FREE, (3, 4)), _in(FREE, (3, 4))], {"axis": 1}, R0),
+        ([_in(R1, (2, None, 4)), _in(FREE, (4,)), _in(FREE, (4,))], {}, R1),
+        ([_in(R1, (3, None)), _in(FREE, (5,)), _in(FREE, (5,))], {}, C),  # normalizes across examples
+        ([_in(R0, (None, 3)), _in(FREE, (2, 3)), _in(FREE, (2, 3))], {"axis": 0}, C),
+        ([_in(MEAN, (3, 4)), _in(FREE, (4,)), _in(FREE, (4,))], {}, C),
+        ([_in(R0, (None, 4)), _in(MEAN, (4,)), _in(FREE, (4,))], {}, C),
+    ],
+    "group_norm": [
+        ([_in(R0, (None, 4, 3, 2)), *_norm_vectors(4)], {"num_groups": 2}, R0),
+        ([_in(R0, (None, 6, 4)), *_norm_vectors(6)], {"num_groups": 3}, R0),
+        ([_in(R1, (2, None, 3)), *_norm_vectors(4)], {"num_groups": 2}, C),
+        ([_in(MEAN, (2, 4, 3)), *_norm_vectors(4)], {"num_groups": 4}, C),
+    ],
+    "instance_norm": [
+        ([_in(R0, (None, 3, 3, 2)), *_norm_vectors(3)], {}, R0),
+        ([_in(R2, (2, 3, None)), *_norm_vectors(3)], {}, C),
+        ([_in(MEAN, (2, 3, 4)), *_norm_vectors(3)], {}, C),
+    ],
+    "dropout": [
+        ([_in(R0, (None, 4)), _in(R0, (None,), "int64")], {"seed": 7}, R0),  # keyed by the global row
+        ([_in(R0, (None, 3, 2)), _in(R0, (None,), "int32")], {"ratio": 0.25}, R0),
+        ([_in(R0, (None, 4))], {}, C),  # keyed by the position in the shard
+        ([_in(R0, (None, 4)), _in(FREE, (5,), "int64")], {}, C),
+        ([_in(R1, (3, None)), _in(FREE, (3,), "int64")], {}, C),
+        ([_in(MEAN, (3,))], {}, C),
+        ([_in(R0, (None, 4))], {"training": False}, R0),  # the identity
+        ([_in(MEAN, (3,))], {"training": False}, MEAN),
+        ([_in(R0, (None, 4))], {"ratio": 0.0}, R0),
+    ],
+})
+
+
 # ---- worker/ops/math.py
 _COMPARE_CASES = [([_in(R0, (None, 3)), _in(FREE, (3,))], {}, R0), ([_in(FREE, (1, 3)), _in(R0, (None, 3))], {}, R0),
                   ([_in(R0, (None, 3)), _in(FREE, (4, 3))], {}, C), ([_in(R1, (2, None)), _in(R1, (2, None))], {}, R1),

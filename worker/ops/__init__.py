@@ -5,6 +5,8 @@ the engine, validator, wire format, SDK functions and registry-driven tests pick
 """
 
 from gradwire.worker.ops import elementwise, reduce, shape  # noqa: F401  (registration)
+from gradwire.worker.ops import conv  # noqa: F401  (registration: conv2d, conv_transpose2d, pooling)
+from gradwire.worker.ops import norm  # noqa: F401  (registration: batch/layer/group/instance norm, dropout)
 from gradwire.worker.ops import math  # noqa: F401  (registration: comparisons, activations, reductions, gemm, einsum)
 from gradwire.worker.ops.registry import OPS, Attr, Op, Sample, ShapeError, unbroadcast
 
