@@ -11,7 +11,7 @@
 #              With GRADWIRE_BACKEND=ray and GRADWIRE_RAY_ADDRESS=HOST:PORT, a Ray driver has to
 #              run on a node of that cluster, so this first starts a local Ray node joining
 #              it with no CPUs (GRADWIRE_RAY_JOIN=auto|yes|no; auto: whenever the address is
-#              HOST:PORT), then the server.
+#              HOST:PORT), then the server (whose ray.init waits up to 60 s for that node's raylet).
 # ray-head     `ray start --head --port $RAY_PORT --num-cpus $RAY_NUM_CPUS --include-dashboard=false --block`
 # ray-worker   `ray start --address $RAY_ADDRESS --num-cpus $RAY_NUM_CPUS --block`
 #
