@@ -432,6 +432,146 @@ CASES.update({
 })
 
 
+# ---- worker/ops/indexing.py
+from gradwire.worker.ops.indexing import str_attrs_supported as _str_attrs  # noqa: E402
+
+_I64 = "int64"
+_CLASS_LOSS_CASES = [
+    ([_in(R0, (None, 4)), _in(R0, (None,), _I64)], {}, MEAN),
+    ([_in(R0, (None, 4)), _in(R0, (None,), _I64), _in(FREE, (4,))], {}, C),  # divides by the batch's weights
+    ([_in(R0, (None, 4)), _in(R0, (None,), _I64)], {"ignore_index": 1}, C),  # by the batch's counted targets
+    ([_in(R0, (None, 3, 2, 2)), _in(R0, (None, 2, 2), _I64)], {}, MEAN),
+    ([_in(R2, (2, 3, None, 2)), _in(R1, (2, None, 2), _I64)], {}, MEAN),
+    ([_in(R2, (2, 3, None, 2)), _in(R2, (2, 2, None), _I64)], {}, C),
+    ([_in(R1, (2, None)), _in(R0, (None,), _I64)], {}, C),  # the batch on the class axis
+    ([_in(R0, (None, 4)), _in(R0, (None,), _I64), _in(MEAN, (4,))], {}, C),
+    ([_in(R0, (None, 4)), _in(R0, (None,), _I64), _in(R0, (None,))], {}, C),
+    ([_in(R0, (None, 4)), _in(FREE, (5,), _I64)], {}, C),
+    ([_in(FREE, (5, 4)), _in(R0, (None,), _I64)], {}, C),
+]
+if _str_attrs():
+    _CLASS_LOSS_CASES += [
+        ([_in(R0, (None, 4)), _in(R0, (None,), _I64), _in(FREE, (4,))], {"reduction": "sum", "ignore_index": 0}, SUM),
+        ([_in(R0, (None, 4)), _in(R0, (None,), _I64)], {"reduction": "sum"}, SUM),
+        ([_in(R0, (None, 4)), _in(R0, (None,), _I64), _in(FREE, (4,))], {"reduction": "none", "ignore_index": 2}, R0),
+        ([_in(R0, (None, 3, 2, 2)), _in(R0, (None, 2, 2), _I64)], {"reduction": "none"}, R0),
+        ([_in(R2, (2, 3, None, 2)), _in(R1, (2, None, 2), _I64), _in(FREE, (3,))], {"reduction": "none"}, R1),
+        ([_in(R0, (None, 4)), _in(R0, (None,), _I64), _in(FREE, (4,))], {"reduction": "mean"}, C),
+        ([_in(R0, (None, 4)), _in(R0, (None,), _I64), _in(SUM, (4,))], {"reduction": "sum"}, C),
+    ]
+_PAD_CASES = [
+    ([_in(R0, (None, 3))], {"pads": [0, 1, 0, 2]}, R0),
+    ([_in(R0, (None, 3))], {"pads": [1, 0, 0, 0]}, C),
+    ([_in(R0, (None, 3))], {"pads": [0, 0, 1, 0]}, C),
+    ([_in(R1, (2, None, 3))], {"pads": [1, 0, 0, 0, 0, 2], "value": 2.0}, R1),
+    ([_in(MEAN, (2, 3))], {"pads": [1, 1, 1, 1], "value": 3.0}, MEAN),  # a constant is its own mean
+    ([_in(SUM, (2, 3))], {"pads": [1, 1, 1, 1]}, SUM),
+    ([_in(SUM, (2, 3))], {"pads": [1, 1, 1, 1], "value": 1.0}, C),  # each shard would add it once
+]
+if _str_attrs():
+    _PAD_CASES += [
+        ([_in(R0, (None, 3))], {"pads": [0, 2, 0, 1], "mode": "reflect"}, R0),
+        ([_in(R0, (None, 3))], {"pads": [1, 0, 0, 0], "mode": "edge"}, C),
+        ([_in(SUM, (2, 3))], {"pads": [1, 1, 1, 1], "mode": "edge"}, SUM),
+        ([_in(MEAN, (3, 3))], {"pads": [2, 0, 1, 2], "mode": "reflect"}, MEAN),
+    ]
+
+CASES.update({
+    "gather": [
+        ([_in(FREE, (5, 3)), _in(R0, (None,), _I64)], {}, R0),  # a lookup per example
+        ([_in(FREE, (5, 3)), _in(R0, (None, 2), _I64)], {}, R0),
+        ([_in(FREE, (3, 5)), _in(R0, (None,), _I64)], {"axis": 1}, R1),
+        ([_in(FREE, (3, 5)), _in(R1, (2, None), _I64)], {"axis": -1}, R2),
+        ([_in(R0, (None, 4)), _in(FREE, (2,), _I64)], {"axis": 1}, R0),
+        ([_in(R1, (3, None, 4)), _in(FREE, (2, 2), _I64)], {"axis": 2}, R1),
+        ([_in(R1, (3, None, 4)), _in(FREE, (2, 2), _I64)], {"axis": 0}, R2),
+        ([_in(R2, (3, 2, None)), _in(FREE, (), _I64)], {"axis": 0}, R1),
+        ([_in(R0, (None, 4)), _in(FREE, (2,), _I64)], {}, C),  # picks examples by position
+        ([_in(R0, (None, 4)), _in(R0, (None,), _I64)], {"axis": 1}, C),
+        ([_in(MEAN, (5, 3)), _in(FREE, (4,), _I64)], {}, MEAN),
+        ([_in(SUM, (5, 3)), _in(FREE, (4,), _I64)], {"axis": 1}, SUM),
+        ([_in(MEAN, (5, 3)), _in(R0, (None,), _I64)], {}, C),
+    ],
+    "embedding": [
+        ([_in(FREE, (5, 3)), _in(R0, (None,), _I64)], {}, R0),
+        ([_in(FREE, (5, 3)), _in(R0, (None, 4), _I64)], {}, R0),
+        ([_in(FREE, (5, 3)), _in(R1, (2, None), _I64)], {}, R1),
+        ([_in(R0, (None, 3)), _in(FREE, (4,), _I64)], {}, C),
+        ([_in(R1, (5, None)), _in(FREE, (2, 4), _I64)], {}, R2),
+        ([_in(SUM, (5, 3)), _in(FREE, (4,), _I64)], {}, SUM),
+        ([_in(MEAN, (5, 3)), _in(R0, (None,), _I64)], {}, C),
+    ],
+    "gather_elements": [
+        ([_in(FREE, (3, 4)), _in(R0, (None, 4), _I64)], {}, R0),
+        ([_in(FREE, (3, 4)), _in(R0, (None, 4), _I64)], {"axis": 1}, C),  # row i reads the table's row i
+        ([_in(R0, (None, 4)), _in(R0, (None, 2), _I64)], {"axis": 1}, R0),
+        ([_in(R0, (None, 4)), _in(R0, (None, 4), _I64)], {}, C),
+        ([_in(R0, (None, 4)), _in(FREE, (2, 4), _I64)], {"axis": 1}, C),
+        ([_in(MEAN, (3, 4)), _in(FREE, (2, 4), _I64)], {}, MEAN),
+        ([_in(SUM, (3, 4)), _in(R0, (None, 4), _I64)], {}, C),
+    ],
+    "one_hot": [
+        ([_in(R0, (None,), _I64)], {"depth": 3}, R0),
+        ([_in(R0, (None, 2), _I64), _in(FREE, (2,))], {"depth": 4}, R0),
+        ([_in(R0, (None, 2), _I64)], {"depth": 4, "axis": 0}, R1),
+        ([_in(R1, (2, None), _I64)], {"depth": 4, "axis": 1}, R2),
+        ([_in(FREE, (3,), _I64), _in(MEAN, (2,))], {"depth": 3}, MEAN),
+        ([_in(FREE, (3,), _I64), _in(SUM, (2,))], {"depth": 3}, SUM),
+        ([_in(R0, (None,), _I64), _in(MEAN, (2,))], {"depth": 3}, C),
+        ([_in(R0, (None,), _I64), _in(R0, (None,))], {"depth": 3}, C),
+    ],
+    "flatten": [
+        ([_in(R0, (None, 3, 4))], {}, R0),
+        ([_in(R0, (None, 1, 4))], {"axis": 2}, R0),
+        ([_in(R0, (None, 3, 4))], {"axis": 2}, C),
+        ([_in(R0, (None, 3))], {"axis": 0}, C),
+        ([_in(R1, (2, None, 4))], {}, C),
+        ([_in(MEAN, (2, 3, 4))], {"axis": 2}, MEAN),
+    ],
+    "squeeze": [
+        ([_in(R0, (None, 1, 3))], {"axes": [1]}, R0),
+        ([_in(R1, (1, None, 1))], {"axes": [0, 2]}, R0),
+        ([_in(R1, (2, None, 1))], {"axes": -1}, R1),
+        ([_in(R0, (None, 3))], {"axes": 0}, C),
+        ([_in(SUM, (1, 3))], {"axes": 0}, SUM),
+        ([_in(MEAN, (3, 1))], {}, MEAN),
+    ],
+    "unsqueeze": [
+        ([_in(R0, (None, 3))], {"axes": [0]}, R1),
+        ([_in(R0, (None, 3))], {"axes": [1, -1]}, R0),
+        ([_in(R1, (2, None))], {"axes": [0, 3]}, R2),
+        ([_in(MEAN, (3,))], {"axes": 0}, MEAN),
+    ],
+    "pad": _PAD_CASES,
+    "split": [
+        ([_in(R0, (None, 6))], {"index": 1, "axis": 1, "split": [2, 4]}, R0),
+        ([_in(R0, (None, 6))], {"index": 0, "split": [2, 3]}, C),
+        ([_in(R1, (4, None))], {"index": 1, "num_outputs": 2}, R1),
+        ([_in(MEAN, (4, 6))], {"index": 2, "axis": 1, "num_outputs": 3}, MEAN),
+        ([_in(SUM, (4, 6))], {"index": 0, "split": [1, 3]}, SUM),
+    ],
+    "tile": [
+        ([_in(R0, (None, 3))], {"repeats": [1, 2]}, R0),
+        ([_in(R0, (None, 3))], {"repeats": [2, 1]}, C),
+        ([_in(R1, (2, None))], {"repeats": [3, 1]}, R1),
+        ([_in(SUM, (2, 3))], {"repeats": [2, 2]}, SUM),
+    ],
+    "expand": [
+        ([_in(R0, (None, 1))], {"shape": [1, 4]}, R0),
+        ([_in(R0, (None, 1))], {"shape": [2, 1, 4]}, R1),
+        ([_in(R0, (None, 3))], {"shape": [3]}, R0),
+        ([_in(R0, (None, 1))], {"shape": [5, 4]}, C),
+        ([_in(MEAN, (3, 1))], {"shape": [2, 3, 4]}, MEAN),
+    ],
+    "nll_loss": _CLASS_LOSS_CASES + [
+        ([_in(MEAN, (5, 4)), _in(FREE, (5,), _I64)], {"ignore_index": 0}, MEAN),  # linear in the scores
+        ([_in(SUM, (5, 4)), _in(FREE, (5,), _I64), _in(FREE, (4,))], {}, SUM),
+        ([_in(MEAN, (5, 4)), _in(R0, (None,), _I64)], {}, C),
+    ],
+    "softmax_cross_entropy": CASES["softmax_cross_entropy"] + _CLASS_LOSS_CASES,
+})
+
+
 def test_every_op_has_batch_cases():
     """A new op fails here until its batch rule has cases (and, through the sweep below, is
     checked against its kernel): the default rule is only right for elementwise ops."""

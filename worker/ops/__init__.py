@@ -8,6 +8,7 @@ from gradwire.worker.ops import elementwise, reduce, shape  # noqa: F401  (regis
 from gradwire.worker.ops import conv  # noqa: F401  (registration: conv2d, conv_transpose2d, pooling)
 from gradwire.worker.ops import norm  # noqa: F401  (registration: batch/layer/group/instance norm, dropout)
 from gradwire.worker.ops import math  # noqa: F401  (registration: comparisons, activations, reductions, gemm, einsum)
+from gradwire.worker.ops import indexing  # noqa: F401  (registration: gather, embedding, pad, split, ..., nll_loss)
 from gradwire.worker.ops.registry import OPS, Attr, Op, Sample, ShapeError, unbroadcast
 
 __all__ = ["OPS", "Attr", "Op", "Sample", "ShapeError", "unbroadcast"]

@@ -6,6 +6,14 @@ import numpy as np
 
 from gradwire.worker import batching
 from gradwire.worker.ops.elementwise import sigmoid
+from gradwire.worker.ops.indexing import (
+    LOSS_ATTRS,
+    class_loss,
+    class_loss_batch,
+    class_loss_samples,
+    class_loss_vjp,
+    infer_class_loss,
+)
 from gradwire.worker.ops.registry import (
     Attr,
     Op,
@@ -18,7 +26,7 @@ from gradwire.worker.ops.registry import (
     require_float,
     require_same_dtype,
 )
-from gradwire.worker.spec import INT_DTYPES, TensorSpec
+from gradwire.worker.spec import TensorSpec
 
 REDUCE_ATTRS = {"axis": Attr("axes", None), "keepdims": Attr("bool", False)}
 
@@ -154,17 +162,15 @@ def _mean_loss_batch(batch_axis: int | None):
     return rule
 
 
-def _infer_sce(logits: TensorSpec, labels: TensorSpec) -> TensorSpec:
-    require_float(logits)
-    if labels.dtype not in INT_DTYPES:
-        raise ShapeError(f"labels must be an int32 or int64 tensor, got {labels}")
-    if logits.ndim != 2 or labels.ndim != 1:
-        raise ShapeError(f"expected logits (batch, classes) and labels (batch,), got "
-                         f"{fmt_shape(logits.shape)} and {fmt_shape(labels.shape)}")
-    n, m = logits.shape[0], labels.shape[0]
-    if n is not None and m is not None and n != m:
-        raise ShapeError(f"logits {fmt_shape(logits.shape)} and labels {fmt_shape(labels.shape)} differ in batch size")
-    return TensorSpec((), logits.dtype)
+def _infer_sce(logits: TensorSpec, labels: TensorSpec, *weight: TensorSpec, ignore_index=None,
+               reduction="mean") -> TensorSpec:
+    return infer_class_loss(logits, labels, *weight, reduction=reduction, what="logits")
+
+
+def _plain(logits, weight, ignore_index, reduction) -> bool:
+    """The original case, (N, C) logits, unweighted mean: computed as it always was, bit for bit
+    (pinned training runs depend on it)."""
+    return logits.ndim == 2 and not weight and ignore_index is None and reduction == "mean"
 
 
 def _picked(logits, labels):
@@ -178,24 +184,29 @@ def _picked(logits, labels):
 # largest by ~100 (float32) and its gradient divides by that 0; the fused form works on the
 # log-sum-exp of shifted logits, which never overflows, and its gradient (softmax - onehot)/N
 # is bounded.
-def _sce_forward(logits, labels):
-    return np.mean(-_picked(_log_softmax(logits), labels)).astype(logits.dtype)
+def _sce_forward(logits, labels, *weight, ignore_index=None, reduction="mean"):
+    if _plain(logits, weight, ignore_index, reduction):
+        return np.mean(-_picked(_log_softmax(logits), labels)).astype(logits.dtype)
+    return class_loss(_log_softmax(logits, axis=1), labels, weight[0] if weight else None, ignore_index, reduction)
 
 
-def _sce_vjp(g, y, logits, labels):
-    grad = _softmax(logits)
-    grad[np.arange(len(labels)), labels] -= 1
-    return grad * (g / len(labels))
-
-
-def _sce_samples(rng):
-    return [Sample((rng.normal(size=(6, 4)), rng.integers(0, 4, size=6)))]
+def _sce_vjp(g, y, logits, labels, *weight, ignore_index=None, reduction="mean"):
+    if _plain(logits, weight, ignore_index, reduction):
+        grad = _softmax(logits)
+        grad[np.arange(len(labels)), labels] -= 1
+        return grad * (g / len(labels)), None
+    grad, gw = class_loss_vjp(g, _log_softmax(logits, axis=1), labels, weight[0] if weight else None,
+                              ignore_index, reduction, softmax=_softmax(logits, axis=1))
+    return (grad, None) + ((gw,) if weight else ())
 
 
 register(Op(
-    "softmax_cross_entropy", _sce_forward, _infer_sce, (_sce_vjp, None), _sce_samples,
-    arity=2, saves=(0, 1), batch=_mean_loss_batch(0),
-    doc="mean over the batch of -log softmax(logits)[label]; logits (batch, classes), integer labels (batch,)",
+    "softmax_cross_entropy", _sce_forward, _infer_sce, _sce_vjp, class_loss_samples,
+    arity=None, attrs=LOSS_ATTRS, batch=class_loss_batch(linear=False),  # saves all: the weights are optional
+    doc="-log softmax(logits)[label] over the class axis 1 (PyTorch's cross_entropy with integer targets): "
+        "logits (batch, classes) or (batch, classes, d1, ...), integer labels (batch,) or (batch, d1, ...), "
+        "optional class weights (classes,); ignore_index; reduction mean (default: over the batch; weighted: "
+        "by the counted targets' total weight), sum or none",
 ))
 
 
