@@ -57,6 +57,8 @@ logging.basicConfig(level="INFO", stream=open(os.devnull, "w"),
                     format="%(asctime)s %(levelname)s %(name)s %(message)s")
 import gradwire.server.app as app
 from gradwire.server.config import ServerConfig
+import tempfile
+config.setdefault("job_dir", tempfile.mkdtemp(prefix="gradwire-bench-jobs-"))  # one server per job folder
 server, port = app.create_server(ServerConfig(**config))
 print(port, os.path.realpath(app.__file__), flush=True)
 sys.stdin.read()
@@ -503,9 +505,9 @@ def stalled_streams(cfg: Config) -> list[Row]:
 # ---------------------------------------------------------------- deadline_idle (issue 3)
 
 DEADLINE_SHAPE = (24, 1024, 4096)  # layers, width, batch rows: the sizes of tests/test_server_answers.py's heavy request
-DEADLINE_QUICK_SHAPE = (8, 512, 1024)
+DEADLINE_QUICK_SHAPE = (32, 512, 1024)
 DEADLINE_S = 1.5
-DEADLINE_QUICK_S = 0.3
+DEADLINE_QUICK_S = 0.2
 DEADLINE_TRIALS = 5
 IDLE_WINDOW_S = 0.05
 IDLE_FRACTION = 0.10  # of one core
