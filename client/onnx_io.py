@@ -908,6 +908,11 @@ def _trilu(b, a):
     return b.op("where", b.const(keep), x, zero)
 
 
+@onnx_op("Mod", attrs=("fmod",))
+def _mod(b, a):  # on values known at import time (shape arithmetic) it is folded before this
+    return b.op("mod", b.x(0), b.x(1), fmod=bool(a.get("fmod", 0)))
+
+
 @onnx_op("Xor")
 def _xor(b, a):
     x, y = b.x(0), b.x(1)
