@@ -99,9 +99,9 @@ class Graph:
 
     def _claim(self, name: str) -> str:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"value names must be non-empty strings, got {name!r}")
+            raise GraphError(f"value names must be non-empty strings, got {name!r}")
         if name in self._specs:
-            raise ValueError(f"the graph already has a value named {name!r}")
+            raise GraphError(f"the graph already has a value named {name!r}")
         return name
 
     def input(self, name: str, shape, dtype="float32") -> Value:
@@ -115,7 +115,7 @@ class Graph:
         name = self._claim(name)
         dims = tuple(None if d is None else int(d) for d in shape)
         if any(d is not None and d < 0 for d in dims):
-            raise ValueError(f"{name!r}: negative dimension in shape {shape}")
+            raise GraphError(f"{name!r}: negative dimension in shape {shape}")
         spec = TensorSpec(dims, as_dtype(dtype))
         table[name] = spec
         self._specs[name] = spec
@@ -179,7 +179,7 @@ class Graph:
 
     def _own(self, value: Value) -> None:
         if not isinstance(value, Value) or value.graph is not self:
-            raise ValueError(f"{value!r} is not a value of this graph")
+            raise GraphError(f"{value!r} is not a value of this graph")
 
     def __getitem__(self, name: str) -> Value:
         return Value(self, name, self._specs[name])
@@ -256,7 +256,7 @@ def call(op_name: str, *inputs, name: str | None = None, **attrs) -> Value:
         raise TypeError(f"{op_name}: at least one input must be a graph value")
     graph = values[0].graph
     if any(v.graph is not graph for v in values):
-        raise ValueError(f"{op_name}: inputs come from different graphs")
+        raise GraphError(f"{op_name}: inputs come from different graphs")
     float_like = next((v.dtype for v in values if v.dtype.kind == "f"), values[0].dtype)
     converted = []
     for x in inputs:

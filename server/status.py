@@ -1,63 +1,58 @@
-"""The one table from domain errors to gRPC status codes. Anything not in it is INTERNAL,
-reported with the request id (never UNKNOWN, never a traceback on the wire)."""
+"""Exceptions to gRPC status codes, in one place. The server's own errors are members of
+gradwire's one hierarchy (``worker/errors.py``), each naming its status; the table below maps
+the few foreign exceptions that can reach a handler. Anything else is INTERNAL, reported with
+the request id (never UNKNOWN, never a traceback on the wire)."""
 
 from __future__ import annotations
 
 import grpc
 
+from gradwire.worker import errors
 from gradwire.worker.cancel import Cancelled
-from gradwire.worker.validate import GraphError, LimitError
 
 
-class NotFound(LookupError):
-    """An unknown graph or session id."""
+class NotFound(errors.NotFound):
+    """An unknown graph, session or job id (or another tenant's: the same answer)."""
 
 
-class Unauthenticated(Exception):
+class Unauthenticated(errors.Unauthenticated):
     """A call without a known token on a server that requires one (the message names no token)."""
 
 
-class Overloaded(RuntimeError):
+class Overloaded(errors.ResourceExhausted):
     """Too many requests in flight."""
 
 
-class WorkersUnavailable(RuntimeError):
+class WorkersUnavailable(errors.Unavailable):
     """The backend could not finish the work (workers kept dying, cluster gone)."""
 
 
-class StillResuming(RuntimeError):
-    """A job id not known yet while the server is still resuming its folder's jobs (retryable)."""
+class StillResuming(errors.Unavailable):
+    """A job id not known yet while the server is still resuming its folder's jobs (clients retry
+    UNAVAILABLE)."""
 
 
-class JobNotDone(RuntimeError):
+class JobNotDone(errors.FailedPrecondition):
     """A training job's result was asked for before it finished (or after it failed)."""
 
 
-class PermissionDenied(PermissionError):
+class PermissionDenied(errors.PermissionDenied):
     """A request for something the server's configuration does not allow (a path outside the data roots)."""
 
 
-class DeadlineExceeded(TimeoutError):
+class DeadlineExceeded(errors.DeadlineExceeded):
     """The client's deadline passed or the call was cancelled while shards were running."""
 
 
 STATUS_TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
-    (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),  # before its base class GraphError
-    (GraphError, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (WorkersUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (StillResuming, grpc.StatusCode.UNAVAILABLE),  # clients retry UNAVAILABLE
-    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (Cancelled, grpc.StatusCode.DEADLINE_EXCEEDED),  # the client is gone or its deadline passed
+    (Cancelled, grpc.StatusCode.DEADLINE_EXCEEDED),  # the engine's token: the client is gone or its deadline passed
     (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (JobNotDone, grpc.StatusCode.FAILED_PRECONDITION),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, errors.GradwireError):
+        return grpc.StatusCode[exc.status]
     for kind, code in STATUS_TABLE:
         if isinstance(exc, kind):
             return code

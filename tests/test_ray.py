@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+import tempfile
 import time
 
 import numpy as np
@@ -100,6 +101,7 @@ def _assert_bitwise(loss, grads, want_loss, want_grads, what=""):
 
 def _config(ray_cluster, **overrides) -> ServerConfig:
     values = dict(port=0, backend="ray", ray_address=ray_cluster.address, workers=2, worker_cpus=0.5,
+                  job_dir=tempfile.mkdtemp(prefix="gradwire-test-jobs-"),  # one server per job folder
                   shards=SHARDS, grace_seconds=0.0, placement="ray")  # this suite is about the workers
     values.update(overrides)
     return ServerConfig(**values)

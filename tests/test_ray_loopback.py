@@ -82,9 +82,9 @@ def test_loopback_classification():
     assert not _is_loopback("0.0.0.0") and not _is_loopback("::") and not _is_loopback("192.0.2.2")
 
 
-def test_ray_listens_on_loopback_only(ray_cluster):
+def test_ray_listens_on_loopback_only(ray_cluster, tmp_path):
     server, port = create_server(ServerConfig(port=0, backend="ray", ray_address=ray_cluster.address, workers=2,
-                                              placement="ray",
+                                              placement="ray", job_dir=str(tmp_path),
                                               worker_cpus=0.5))
     try:
         with gw.connect(f"127.0.0.1:{port}") as client:  # make sure workers are up and serving

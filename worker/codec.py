@@ -340,8 +340,9 @@ class Assembler:
         if chunk.offset != part.filled or part.filled + len(data) > flat.size:
             raise GraphError(f"{what}: piece at offset {chunk.offset} with {len(data)} bytes does not "
                              f"continue the {part.filled} of {flat.size} bytes received")
-        flat[part.filled:part.filled + len(data)] = np.frombuffer(data, np.uint8)
-        part.filled += len(data)
+        if len(data):  # an empty piece adds nothing (and a whole tensor is a read-only view)
+            flat[part.filled:part.filled + len(data)] = np.frombuffer(data, np.uint8)
+            part.filled += len(data)
 
     def add_message(self, message, fields: tuple[str, ...]) -> None:
         """Every piece that ``message`` carries in these tensor fields."""

@@ -6,22 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gradwire.worker.errors import InvalidGraph, ResourceExhausted
 from gradwire.worker.graph import BATCH_REDUCTIONS, GraphDef, Node
 from gradwire.worker.ops import OPS, Attr, ShapeError
 from gradwire.worker.spec import FLOAT_DTYPES, TensorSpec, num_elements
 
 
-class GraphError(ValueError):
-    """A graph or request that cannot run. ``node``/``op`` name the culprit where there is one."""
-
-    def __init__(self, message: str, node: str | None = None, op: str | None = None):
-        where = f"node {node!r}" + (f" (op {op!r})" if op else "") + ": " if node else ""
-        super().__init__(where + message)
-        self.node, self.op = node, op
+GraphError = InvalidGraph  # the engine's name for it: a graph or request that cannot run
 
 
-class LimitError(GraphError):
-    """A request within the rules but over a configured size limit."""
+class LimitError(ResourceExhausted, GraphError):
+    """A request within the rules but over a configured size limit (RESOURCE_EXHAUSTED; still a
+    ``GraphError`` to code that catches those)."""
 
 
 # No dimension may exceed this, whatever the limits say: NumPy's shapes are signed 64-bit.
