@@ -768,10 +768,18 @@ def _gather(b, a):
 
 @onnx_op("ArgMax", "ArgMin", attrs=("axis", "keepdims", "select_last_index"))
 def _argmax(b, a):
-    if a.get("select_last_index", 0):
-        b.refuse("select_last_index=1 is not supported")
     op = "argmax" if b.node.op_type == "ArgMax" else "argmin"
-    return b.op(op, b.x(0), axis=int(a.get("axis", 0)), keepdims=bool(a.get("keepdims", 1)))
+    x, axis, keep = b.x(0), int(a.get("axis", 0)), bool(a.get("keepdims", 1))
+    if not a.get("select_last_index", 0):
+        return b.op(op, x, axis=axis, keepdims=keep)
+    # the last extremum: the first one of x reversed along axis, counted from the end
+    n = x.shape[axis % x.spec.ndim]
+    if n is None:
+        b.refuse(f"select_last_index needs the size of axis {axis} known, got {x.spec}")
+    first = b.op(op, b.op("slice", x, starts=[-1], ends=[-INT64_MAX - 1], axes=[axis], steps=[-1]),
+                 axis=axis, keepdims=keep)
+    as_float = b.op("cast", first, to="float64")  # int arithmetic through exact float64
+    return b.op("cast", b.op("sub", b.const(np.asarray(n - 1, np.float64)), as_float), to="int64")
 
 
 AUTO_PAD = {"NOTSET": 0, "SAME_UPPER": 1, "SAME_LOWER": 2, "VALID": 3}
@@ -861,10 +869,13 @@ def _one_hot(b, a):
 
 @onnx_op("Einsum", attrs=("equation",))
 def _einsum(b, a):
-    xs = b.xs()
+    xs, equation = b.xs(), a["equation"].replace(" ", "")
+    if len(xs) == 1 and "->" in equation:  # one operand: paired with a scalar 1 (an empty subscript)
+        ins, out = equation.split("->")
+        return b.op("einsum", xs[0], b.scalar(1, xs[0]), equation=f"{ins},->{out}")
     if len(xs) != 2:
-        b.refuse(f"only two operands are supported, got {len(xs)}")
-    return b.op("einsum", *xs, equation=a["equation"].replace(" ", ""))
+        b.refuse(f"only one or two operands (with an explicit '->') are supported, got {len(xs)}")
+    return b.op("einsum", *xs, equation=equation)
 
 
 # ------------------------------------------------------------------ values known at import time
