@@ -262,7 +262,14 @@ class Session:
         return assemble(messages, "params")
 
     def close(self) -> None:
+        """Free the session's parameters on the server (also when a ``with`` block ends)."""
         self.client.transport.call("CloseSession", lambda: pb.SessionRef(session_id=self.session_id))
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def connect(address: str = "127.0.0.1:50051", timeout: float | None = 30.0, **kwargs) -> Client:

@@ -88,7 +88,10 @@ class Session:
 
 class SessionStore:
     def __init__(self, capacity: int):
-        self._items: LruCache[str, Session] = LruCache(capacity)
+        self.capacity = capacity
+        # sessions pushed out by newer ones, remembered (id -> tenant) so their owner is told why
+        self._evicted: LruCache[str, str] = LruCache(64 * capacity)
+        self._items: LruCache[str, Session] = LruCache(capacity, on_evict=lambda sid, s: self._evicted.put(sid, s.tenant))
         self._update_lock = threading.Lock()  # an update reads and replaces a snapshot
         self._versions = itertools.count(1)
 
@@ -102,6 +105,9 @@ class SessionStore:
 
     def get(self, session_id: str, tenant: str = DEFAULT_TENANT) -> Session:
         session = self._items.get(session_id)
+        if session is None and self._evicted.get(session_id) == tenant:
+            raise NotFound(f"session {session_id!r} was evicted: the server keeps its {self.capacity} most recently "
+                           "used sessions (--max-sessions); create it again")
         if session is None or session.tenant != tenant:  # another tenant's: as if it did not exist
             raise NotFound(f"unknown session id {session_id!r}")
         return session

@@ -157,3 +157,24 @@ def test_a_graph_reusing_a_collected_graphs_id_gets_its_own_answer(engine):
         del g
         gc.collect()  # a Graph and its Values form a cycle
     assert reused  # the loop did exercise id() reuse
+
+
+def test_a_session_is_a_context_manager_and_an_evicted_one_says_so(start_server):
+    import numpy as np
+
+    import gradwire as gw
+
+    g = gw.Graph()
+    x, w = g.input("x", (None, 2)), g.param("w", (2,))
+    g.set_loss(gw.sum(x * w), batch_reduction="sum")
+    params, batch = {"w": np.ones(2, np.float32)}, {"x": np.ones((3, 2), np.float32)}
+    _, address = start_server(max_sessions=2)
+    with gw.connect(address) as client:
+        with client.session(g, params) as session:
+            assert session.value_and_grad(batch)[0] == 6.0
+        with pytest.raises(gw.NotFound, match="unknown session id"):
+            session.value_and_grad(batch)  # closed when the block ended
+        first = client.session(g, params)
+        client.session(g, params), client.session(g, params)  # two newer ones push the first out
+        with pytest.raises(gw.NotFound, match=r"was evicted: the server keeps its 2 most recently used sessions"):
+            first.value_and_grad(batch)

@@ -18,10 +18,11 @@ class LruCache(Generic[K, V]):
     made outside it (``get_or_make``): validating a big graph must not stall other callers;
     two callers may then make the same missing value, and the later one is kept."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, on_evict: Callable[[K, V], None] | None = None):
         self.capacity = capacity
         self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
+        self._on_evict = on_evict  # told of each entry pushed out by capacity (not of pops)
 
     def get(self, key: K) -> V | None:
         with self._lock:
@@ -34,8 +35,10 @@ class LruCache(Generic[K, V]):
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            evicted = [self._items.popitem(last=False) for _ in range(len(self._items) - self.capacity)]
+        if self._on_evict is not None:
+            for old_key, old_value in evicted:
+                self._on_evict(old_key, old_value)
         return value
 
     def get_or_make(self, key: K, make: Callable[[], V]) -> V:
