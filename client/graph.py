@@ -50,7 +50,10 @@ class Value:
     def __matmul__(self, other): return call("matmul", self, other)
     def __rmatmul__(self, other): return call("matmul", other, self)
     def __neg__(self): return call("neg", self)
-    def __pow__(self, exponent: float): return call("pow", self, exponent=float(exponent))
+    def __pow__(self, exponent):  # a graph value as exponent: pow's second input, with its gradient
+        return call("pow", self, exponent) if isinstance(exponent, Value) else call("pow", self, exponent=float(exponent))
+
+    def __rpow__(self, base): return call("pow", base, self)
 
     @property
     def T(self) -> "Value":

@@ -416,3 +416,16 @@ def test_einsum_with_an_empty_dimension():
     a, b = np.zeros((0, 3)), np.ones((3, 2))
     assert OPS["einsum"].forward(a, b, equation="ij,jk->ik").shape == (0, 2)
     np.testing.assert_array_equal(OPS["einsum"].forward(a, b, equation="ij,jk->jk"), np.zeros((3, 2)))
+
+
+def test_the_sdk_power_operator_takes_graph_values_on_either_side():
+    import gradwire as gw
+
+    g = gw.Graph()
+    a, b = g.param("a", (3,), "float64"), g.param("b", (3,), "float64")
+    g.set_loss(gw.sum(a ** b) + gw.sum(2.0 ** b) + gw.sum(a ** 2))
+    av, bv = np.array([1.0, 2.0, 3.0]), np.array([2.0, 1.0, 0.5])
+    loss, grads = gw.local().value_and_grad(g, {"a": av, "b": bv}, {})
+    assert np.isclose(loss, np.sum(av ** bv) + np.sum(2.0 ** bv) + np.sum(av ** 2))
+    np.testing.assert_allclose(grads["a"], bv * av ** (bv - 1) + 2 * av)
+    np.testing.assert_allclose(grads["b"], av ** bv * np.log(av) + 2.0 ** bv * np.log(2.0))
