@@ -187,8 +187,9 @@ class Client:
     def ops(self) -> list[dict[str, Any]]:
         response = self.transport.call("ListOps", pb.ListOpsRequest)
         return [{"name": op.name, "arity": None if op.arity < 0 else op.arity, "doc": op.doc,
-                 "differentiable": list(op.differentiable),
-                 "attrs": {a.name: {"kind": a.kind, "required": a.required, "default": a.default} for a in op.attrs}}
+                 "differentiable": list(op.differentiable), "broadcast": op.broadcast,
+                 "attrs": {a.name: {"kind": a.kind, "required": a.required, "default": a.default,
+                                    "value_field": a.value_field} for a in op.attrs}}
                 for op in response.ops]
 
     # ------------------------------------------------------------------ training jobs
