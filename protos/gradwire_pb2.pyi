@@ -305,30 +305,34 @@ class ListOpsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AttrInfo(_message.Message):
-    __slots__ = ("name", "kind", "required", "default")
+    __slots__ = ("name", "kind", "required", "default", "value_field")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     required: bool
     default: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., required: _Optional[bool] = ..., default: _Optional[str] = ...) -> None: ...
+    value_field: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., required: _Optional[bool] = ..., default: _Optional[str] = ..., value_field: _Optional[str] = ...) -> None: ...
 
 class OpInfo(_message.Message):
-    __slots__ = ("name", "arity", "attrs", "doc", "differentiable")
+    __slots__ = ("name", "arity", "attrs", "doc", "differentiable", "broadcast")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARITY_FIELD_NUMBER: _ClassVar[int]
     ATTRS_FIELD_NUMBER: _ClassVar[int]
     DOC_FIELD_NUMBER: _ClassVar[int]
     DIFFERENTIABLE_FIELD_NUMBER: _ClassVar[int]
+    BROADCAST_FIELD_NUMBER: _ClassVar[int]
     name: str
     arity: int
     attrs: _containers.RepeatedCompositeFieldContainer[AttrInfo]
     doc: str
     differentiable: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, name: _Optional[str] = ..., arity: _Optional[int] = ..., attrs: _Optional[_Iterable[_Union[AttrInfo, _Mapping]]] = ..., doc: _Optional[str] = ..., differentiable: _Optional[_Iterable[bool]] = ...) -> None: ...
+    broadcast: bool
+    def __init__(self, name: _Optional[str] = ..., arity: _Optional[int] = ..., attrs: _Optional[_Iterable[_Union[AttrInfo, _Mapping]]] = ..., doc: _Optional[str] = ..., differentiable: _Optional[_Iterable[bool]] = ..., broadcast: _Optional[bool] = ...) -> None: ...
 
 class ListOpsResponse(_message.Message):
     __slots__ = ("ops",)

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class GradwireStub:
-    """Missing associated documentation comment in .proto file."""
+    """Errors are gRPC statuses with a readable message (docs/WIRE.md, "Errors"):
+    INVALID_ARGUMENT (a graph or request that cannot run), NOT_FOUND (an unknown or another
+    tenant's id), RESOURCE_EXHAUSTED (over a limit, or busy: retry later), UNAUTHENTICATED,
+    PERMISSION_DENIED, FAILED_PRECONDITION, DEADLINE_EXCEEDED, UNAVAILABLE (retry), INTERNAL.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -107,35 +111,44 @@ class GradwireStub:
 
 
 class GradwireServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Errors are gRPC statuses with a readable message (docs/WIRE.md, "Errors"):
+    INVALID_ARGUMENT (a graph or request that cannot run), NOT_FOUND (an unknown or another
+    tenant's id), RESOURCE_EXHAUSTED (over a limit, or busy: retry later), UNAUTHENTICATED,
+    PERMISSION_DENIED, FAILED_PRECONDITION, DEADLINE_EXCEEDED, UNAVAILABLE (retry), INTERNAL.
+    """
 
     def RegisterGraph(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Validates and stores a graph; its id is then usable in place of the graph.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ValueAndGrad(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Loss and gradients for requests or answers of any size: tensors in pieces over a stream.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Compute(self, request, context):
-        """The same for a request that fits in one message: a unary call costs half the round trip.
+        """The same for a request and answer that each fit in one message: half the round trips.
+        The answer is never chunked: raise the client's receive limit to the server's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateSession(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Parameters kept on the server, so repeated computations send only the batch.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSession(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Replaces some or all of a session's parameters; bumps its version.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -153,25 +166,29 @@ class GradwireServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListOps(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The op table: names, arities, attributes (kind and AttrValue field), broadcasting.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitJob(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """A training loop run by the server (optimizer, epochs, checkpoints); answers at once, queued.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Progress events until the job ends (state done, failed or cancelled).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJobResult(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The trained parameters of a done job (else FAILED_PRECONDITION).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -277,7 +294,11 @@ def add_GradwireServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Gradwire:
-    """Missing associated documentation comment in .proto file."""
+    """Errors are gRPC statuses with a readable message (docs/WIRE.md, "Errors"):
+    INVALID_ARGUMENT (a graph or request that cannot run), NOT_FOUND (an unknown or another
+    tenant's id), RESOURCE_EXHAUSTED (over a limit, or busy: retry later), UNAUTHENTICATED,
+    PERMISSION_DENIED, FAILED_PRECONDITION, DEADLINE_EXCEEDED, UNAVAILABLE (retry), INTERNAL.
+    """
 
     @staticmethod
     def RegisterGraph(request,

@@ -367,11 +367,14 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
 @functools.lru_cache(maxsize=1)
 def list_ops() -> pb.ListOpsResponse:
+    # the AttrValue field each attribute kind takes (docs/WIRE.md); "": a kind without one (a test fails)
+    value_fields = {"int": "i", "float": "f", "bool": "b", "str": "s", "ints": "ints", "axes": "ints|i"}
     return pb.ListOpsResponse(ops=[
         pb.OpInfo(name=op.name, arity=-1 if op.arity is None else op.arity, doc=op.doc,
-                  differentiable=op.differentiable(op.arity or 1),
+                  differentiable=op.differentiable(op.arity or 1), broadcast=op.broadcast,
                   attrs=[pb.AttrInfo(name=k, kind=a.kind, required=a.required,
-                                     default="" if a.required else repr(a.default)) for k, a in op.attrs.items()])
+                                     default="" if a.required else repr(a.default),
+                                     value_field=value_fields.get(a.kind, "")) for k, a in op.attrs.items()])
         for op in OPS.values()
     ])
 
