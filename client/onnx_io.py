@@ -77,7 +77,7 @@ def _np_dtype(elem_type: int) -> np.dtype | None:
         dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
     except (KeyError, TypeError, ValueError):
         return None
-    return DTYPES.get(dt.name) if dt.name in DTYPES else None
+    return DTYPES.get(dt.name)
 
 
 def _type_name(elem_type: int) -> str:
@@ -1115,10 +1115,13 @@ def from_onnx(model_or_path, *, trainable: str | Iterable[str] = "initializers",
     for vi in graph.output:
         if vi.name in g._specs:
             continue
-        if vi.name in b.values:  # an alias of another value (Identity, a no-op Cast, ...)
+        if vi.name in b.values:  # an alias of another value (Identity, a no-op Cast, ...): a copy named so
             v = b.values[vi.name]
-            b.values[vi.name] = g.add_node("reshape", [v], {"shape": [-1 if d is None else d for d in v.shape]},
-                                           name=vi.name) if v.shape.count(None) <= 1 else v
+            if v.shape.count(None) <= 1:
+                op, attrs = "reshape", {"shape": [-1 if d is None else d for d in v.shape]}
+            else:
+                op, attrs = "slice", {"starts": [0], "ends": [INT64_MAX], "axes": [0]}
+            b.values[vi.name] = g.add_node(op, [v], attrs, name=vi.name)
         elif vi.name in b.consts:
             b.value(vi.name)
         else:

@@ -309,3 +309,19 @@ def test_export_refuses_an_op_without_mapping(monkeypatch):
     monkeypatch.delitem(EXPORTERS, "exp")
     with pytest.raises(OnnxError, match=r"gradwire op 'exp' \(node 'exp_0'\) has no ONNX mapping"):
         gw.to_onnx(g, {})
+
+
+def test_an_output_that_renames_another_value_is_a_value_of_its_own():
+    f = TensorProto.FLOAT
+    model = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["y"]),
+                    helper.make_node("Identity", ["x"], ["z"])],
+                   [helper.make_tensor_value_info("x", f, ["N", "M"])],
+                   [helper.make_tensor_value_info("y", f, ["N", "M"]), helper.make_tensor_value_info("z", f, ["N", "M"])])
+    g, _ = gw.from_onnx(model)
+    assert g.value("y").shape == g.value("z").shape == (None, None)
+    g.set_loss(gw.mean(g.value("y")) + gw.mean(g.value("z")))
+    g.fetch(g.value("y"), g.value("z"))
+    x = np.array([[-1.0, 2.0], [3.0, -4.0]], np.float32)
+    out = gw.local().run(g, {}, {"x": x}).outputs
+    np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
+    np.testing.assert_array_equal(out["z"], x)

@@ -137,7 +137,7 @@ def _check_dtypes(feeds, gd):
 def test_forward(name):
     case = next(c for c in CASES if c.name == name)
     for k, (inputs, expected) in enumerate(case.data_sets):
-        case, g, params, fixed = _imported(name, k)
+        case, g, params, _ = _imported(name, k)
         outs = [vi.name for vi in case.model.graph.output]
         gd = dataclasses.replace(g.graph_def, outputs=tuple(outs))
         zero = "__conformance_zero"
@@ -172,7 +172,7 @@ def _float64(gd):
 
 @pytest.mark.parametrize("name", [c.name for c in GRAD_CASES])
 def test_gradient(name):
-    case, g, params, fixed = _imported(name)
+    case, g, params, _ = _imported(name)
     rng = np.random.default_rng(0)
     gd = _float64(g.graph_def)
     inputs, _ = case.data_sets[0]
