@@ -122,16 +122,16 @@ class _Builder:
         self.taken = names  # every ONNX value name: internal names avoid them
         self.values: dict[str, Value] = {}
         self.consts: dict[str, np.ndarray] = {}
+        # trainable="initializers": a float initializer read where a constant is needed (Clip's
+        # bounds, Pad's value, ...) is that constant; one read only so is not a parameter
+        self.params_as_consts: dict[str, np.ndarray] = {}
+        self.params_as_tensors: set[str] = set()
         self.node = None
         self._counter = 0
 
     # -- the current node
     def refuse(self, message: str):
         raise OnnxError(message, self.node.op_type, self.node.name or self.node.output[0])
-
-    @property
-    def n_in(self) -> int:
-        return len(self.node.input)
 
     def given(self, i: int) -> bool:
         return i < len(self.node.input) and self.node.input[i] != ""
@@ -149,6 +149,8 @@ class _Builder:
         if not self.given(i):
             return None
         name = self.node.input[i]
+        if name in self.params_as_consts:
+            return self.params_as_consts[name]
         if name not in self.consts:
             self.refuse(f"{what} (input {i}, {name!r}) must be a constant (an initializer that is not "
                         "trained, or a Constant node's output); gradwire needs it when building the graph")
@@ -161,6 +163,7 @@ class _Builder:
     # -- values
     def value(self, name: str) -> Value:
         if name in self.values:
+            self.params_as_tensors.add(name)
             return self.values[name]
         if name in self.consts:
             arr = self.consts[name]
@@ -1096,6 +1099,8 @@ def from_onnx(model_or_path, *, trainable: str | Iterable[str] = "initializers",
         if name in train:
             b.values[name] = g.param(name, arr.shape, arr.dtype)
             params[name] = np.array(arr)
+            if trainable == "initializers":
+                b.params_as_consts[name] = arr
         else:
             b.consts[name] = arr
     for vi in graph.input:
@@ -1111,6 +1116,9 @@ def from_onnx(model_or_path, *, trainable: str | Iterable[str] = "initializers",
         b.node = node
         _translate(b, node)
     b.node = None
+    for name in set(b.params_as_consts) - b.params_as_tensors - {vi.name for vi in graph.output}:
+        del g.graph_def.params[name], g._specs[name], params[name]  # read only as a constant
+    g._changed()
 
     for vi in graph.output:
         if vi.name in g._specs:

@@ -325,3 +325,22 @@ def test_an_output_that_renames_another_value_is_a_value_of_its_own():
     out = gw.local().run(g, {}, {"x": x}).outputs
     np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
     np.testing.assert_array_equal(out["z"], x)
+
+
+def test_a_float_initializer_read_as_a_constant_is_not_a_parameter():
+    """Clip's bounds are float initializers: with the default trainable="initializers" they
+    are read as constants and are not parameters; naming one trainable refuses the node."""
+    f = TensorProto.FLOAT
+    model = _model([helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Clip", ["h", "lo", "hi"], ["y"])],
+                   [helper.make_tensor_value_info("x", f, ["N", 2])], [helper.make_tensor_value_info("y", f, ["N", 2])],
+                   [numpy_helper.from_array(np.eye(2, dtype=np.float32), "W"),
+                    numpy_helper.from_array(np.array(-0.5, np.float32), "lo"),
+                    numpy_helper.from_array(np.array(0.5, np.float32), "hi")])
+    g, params = gw.from_onnx(model)
+    assert set(params) == set(g.graph_def.params) == {"W"}
+    g.set_loss(gw.mean(g.value("y")))
+    g.fetch(g.value("y"))
+    x = np.array([[-1.0, 0.25], [2.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(gw.local().run(g, params, {"x": x}).outputs["y"], np.clip(x, -0.5, 0.5))
+    with pytest.raises(OnnxError, match=r"'Clip' .*min \(input 1, 'lo'\) must be a constant"):
+        gw.from_onnx(model, trainable={"W", "lo"})
