@@ -16,7 +16,8 @@ composition otherwise. A node whose inputs are all known at import time is evalu
 
 Sources. Initializers become parameters (``trainable="initializers"``, the default), constants
 (``"none"``), or parameters for a given set of names and constants for the rest; integer and
-bool initializers are always constants. Graph inputs that are not initializers become batch
+bool initializers are always constants, and so, with the default, is a float initializer read
+only where a value must be known at import time (Clip's bounds, Pad's value). Graph inputs that are not initializers become batch
 inputs. Their dims: a symbolic dim (``dim_param``, or no value) is unknown, ``None``: for the
 usual leading batch dim that is gradwire's batch dim; a fixed dim stays fixed, except that
 ``batch_dim="leading"`` makes the leading dim of every batch input ``None`` (a model exported
