@@ -315,3 +315,8 @@ def test_binary_cross_entropy_is_stable_for_large_logits():
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         y = np.asarray(op.forward(x, t))
     assert y == pytest.approx(800.0)
+
+
+def test_every_op_has_a_doc_string():
+    """ListOps and the SDK's functions show it; a new op without one fails here."""
+    assert not [name for name, op in OPS.items() if not op.doc.strip()]

@@ -84,24 +84,25 @@ def _relu(x: np.ndarray) -> np.ndarray:
 
 binary("add", np.add,
        lambda g, y, a, b: g,
-       lambda g, y, a, b: g, saves=(), batch=batching.linear)
+       lambda g, y, a, b: g, saves=(), batch=batching.linear, doc="a + b, broadcasting")
 binary("mul", np.multiply,
        lambda g, y, a, b: g * b,
-       lambda g, y, a, b: g * a, saves=(0, 1), batch=batching.scaling)
+       lambda g, y, a, b: g * a, saves=(0, 1), batch=batching.scaling, doc="a * b, broadcasting")
 # NOTE: the subgradient at x == 0 is 0, as in PyTorch; y > 0 iff x > 0, so y suffices.
 # g * (y > 0) casts the bool mask inside the multiply (1.0/0.0 exactly, in g's dtype): the
 # same values as multiplying by a converted mask, without allocating that mask.
-unary("relu", _relu, lambda g, y, x: g * (y > 0), saves=("y",), domain="nonzero")
-unary("sigmoid", sigmoid, lambda g, y, x: g * y * (1 - y), saves=("y",))
+unary("relu", _relu, lambda g, y, x: g * (y > 0), saves=("y",), domain="nonzero", doc="max(x, 0)")
+unary("sigmoid", sigmoid, lambda g, y, x: g * y * (1 - y), saves=("y",), doc="1 / (1 + exp(-x))")
 
 # ------------------------------------------------------------------ binary
 
 binary("sub", np.subtract,
        lambda g, y, a, b: g,
-       lambda g, y, a, b: -g, saves=(), batch=batching.linear)
+       lambda g, y, a, b: -g, saves=(), batch=batching.linear, doc="a - b, broadcasting")
 binary("div", np.divide,
        lambda g, y, a, b: g / b,
-       lambda g, y, a, b: -g * y / b, saves=(1, "y"), domain=("real", "positive"), batch=batching.dividing)
+       lambda g, y, a, b: -g * y / b, saves=(1, "y"), domain=("real", "positive"), batch=batching.dividing,
+       doc="a / b, broadcasting")
 
 
 def _pick_larger(a, b, g):
@@ -111,21 +112,21 @@ def _pick_larger(a, b, g):
 
 binary("maximum", np.maximum,
        lambda g, y, a, b: _pick_larger(a, b, g),
-       lambda g, y, a, b: _pick_larger(b, a, g), saves=(0, 1))
+       lambda g, y, a, b: _pick_larger(b, a, g), saves=(0, 1), doc="elementwise max(a, b); ties split the gradient")
 binary("minimum", np.minimum,
        lambda g, y, a, b: _pick_larger(b, a, g),
-       lambda g, y, a, b: _pick_larger(a, b, g), saves=(0, 1))
+       lambda g, y, a, b: _pick_larger(a, b, g), saves=(0, 1), doc="elementwise min(a, b); ties split the gradient")
 
 # ------------------------------------------------------------------ unary
 
-unary("neg", np.negative, lambda g, y, x: -g, saves=(), batch=batching.unary_linear)
-unary("exp", np.exp, lambda g, y, x: g * y, saves=("y",), domain="small")
-unary("log", np.log, lambda g, y, x: g / x, saves=(0,), domain="positive")
-unary("tanh", np.tanh, lambda g, y, x: g * (1 - y * y), saves=("y",))
-unary("square", np.square, lambda g, y, x: 2 * g * x, saves=(0,))
-unary("sqrt", np.sqrt, lambda g, y, x: g / (2 * y), saves=("y",), domain="positive")
+unary("neg", np.negative, lambda g, y, x: -g, saves=(), batch=batching.unary_linear, doc="-x")
+unary("exp", np.exp, lambda g, y, x: g * y, saves=("y",), domain="small", doc="e ** x")
+unary("log", np.log, lambda g, y, x: g / x, saves=(0,), domain="positive", doc="natural logarithm")
+unary("tanh", np.tanh, lambda g, y, x: g * (1 - y * y), saves=("y",), doc="hyperbolic tangent")
+unary("square", np.square, lambda g, y, x: 2 * g * x, saves=(0,), doc="x * x")
+unary("sqrt", np.sqrt, lambda g, y, x: g / (2 * y), saves=("y",), domain="positive", doc="square root")
 # NOTE: subgradient 0 at x == 0 (np.sign), as in PyTorch.
-unary("abs", np.abs, lambda g, y, x: g * np.sign(x), saves=(0,), domain="nonzero")
+unary("abs", np.abs, lambda g, y, x: g * np.sign(x), saves=(0,), domain="nonzero", doc="|x|")
 
 
 def _pow(x, exponent):

@@ -139,11 +139,13 @@ register(Op(
     "softmax", _softmax, _infer_softmax,
     (lambda g, y, x, axis=-1: y * (g - (g * y).sum(axis=axis, keepdims=True)),),
     _softmax_samples, attrs={"axis": Attr("int", -1)}, saves=("y",), batch=_softmax_batch,
+    doc="exp(x) / sum(exp(x)) along axis",
 ))
 register(Op(
     "log_softmax", _log_softmax, _infer_softmax,
     (lambda g, y, x, axis=-1: g - np.exp(y) * g.sum(axis=axis, keepdims=True),),
     _softmax_samples, attrs={"axis": Attr("int", -1)}, saves=("y",), batch=_softmax_batch,
+    doc="log(softmax(x)) along axis, computed stably",
 ))
 
 # ------------------------------------------------------------------ losses (scalar, mean over elements)

@@ -144,6 +144,7 @@ register(Op(
     lambda rng: [Sample((rng.normal(size=(2, 3, 4)),), {"perm": [1, 2, 0]}),
                  Sample((rng.normal(size=(3, 4)),), {})],
     attrs={"perm": Attr("ints", None)}, saves=(), batch=_transpose_batch,
+    doc="permute the axes (default: reverse them)",
 ))
 
 
@@ -183,6 +184,7 @@ register(Op(
     lambda rng: [Sample((rng.normal(size=(2, 6)),), {"shape": [3, 4]}),
                  Sample((rng.normal(size=(2, 3, 2)),), {"shape": [-1, 2]})],
     attrs={"shape": Attr("ints")}, saves=(), batch=_reshape_batch,
+    doc="the same elements in a new shape (one -1 dim is inferred)",
 ))
 
 
@@ -206,6 +208,7 @@ register(Op(
     (lambda g, y, x, shape: unbroadcast(g, x.shape),),
     lambda rng: [Sample((rng.normal(size=(3, 1)),), {"shape": [2, 3, 4]})],
     attrs={"shape": Attr("ints")}, saves=(), batch=_broadcast_to_batch,
+    doc="broadcast to a shape, as NumPy broadcasting",
 ))
 
 
@@ -252,6 +255,7 @@ register(Op(
     lambda rng: [Sample((rng.normal(size=(2, 3)), rng.normal(size=(2, 1)), rng.normal(size=(2, 2))), {"axis": 1}),
                  Sample((rng.normal(size=(1, 3)), rng.normal(size=(2, 3))), {})],
     arity=None, attrs={"axis": Attr("int", 0)}, saves=(), batch=_concat_batch,
+    doc="join inputs along axis",
 ))
 
 
