@@ -1,16 +1,16 @@
-"""``gradwire demo``: the main job on one machine. Starts a coordinator on the embedded
+"""gradwire demo: the main job on one machine. Starts a coordinator on the embedded
 default settings (loopback, an OS-chosen port), connects the SDK to it, computes an MLP's
 loss and gradients remotely, checks them against the local engine, then trains a few
 SGD steps through a server-side session (steps ship batches; updates ship parameters)."""
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 import gradwire as gw
+from gradwire.cli import ArgumentParser, UsageError
 
 
 def mlp(inputs: int = 64, hidden: int = 128, classes: int = 10) -> gw.Graph:
@@ -33,12 +33,14 @@ def synthetic_data(rng: np.random.Generator, n: int, inputs: int = 64, classes: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gradwire demo", description=__doc__)
-    parser.add_argument("--backend", default="local", choices=["local", "ray"])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=0.5)
+    parser = ArgumentParser(prog="gradwire demo", description=__doc__)
+    parser.add_argument("--backend", default="local", choices=["local", "ray"], help="where the server computes")
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers (--backend ray)")
+    parser.add_argument("--steps", type=int, default=20, help="SGD steps through a session")
+    parser.add_argument("--lr", type=float, default=0.5, help="SGD learning rate")
     args = parser.parse_args(argv)
+    if args.workers < 1 or args.steps < 0:
+        parser.error("--workers must be at least 1 and --steps 0 or more")
 
     from gradwire.server.app import create_server
     from gradwire.server.config import ServerConfig
@@ -50,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
               for name, spec in graph.graph_def.params.items()}
     x, y = synthetic_data(rng, 4096)
     with private_job_dir() as job_dir:  # its server's jobs are this command's alone
-        return _demo(create_server(ServerConfig(port=0, backend=args.backend, workers=args.workers,
-                                                job_dir=job_dir)), graph, params, x, y, args, rng)
+        try:
+            started = create_server(ServerConfig(port=0, backend=args.backend, workers=args.workers, job_dir=job_dir))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot start a server here: {exc}") from None
+        return _demo(started, graph, params, x, y, args, rng)
 
 
 def _demo(started, graph, params, x, y, args, rng) -> int:
