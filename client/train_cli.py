@@ -81,7 +81,10 @@ def server_address(address: str | None, backend: str, workers: int):
     from gradwire.server.job_store import private_job_dir
 
     with private_job_dir() as job_dir:  # its jobs are this command's: never another server's folder
-        server, port = create_server(ServerConfig(port=0, backend=backend, workers=workers, job_dir=job_dir))
+        try:
+            server, port = create_server(ServerConfig(port=0, backend=backend, workers=workers, job_dir=job_dir))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot start a server here (--backend {backend}): {exc}") from None
         try:
             yield f"127.0.0.1:{port}"
         finally:
