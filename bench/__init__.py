@@ -32,6 +32,7 @@ WORKLOAD_MODULES = (
     "gradwire.bench.workloads_jobs",
     "gradwire.bench.workloads_robust",
     "gradwire.bench.workloads_security",
+    "gradwire.bench.workloads_cnn",
 )
 
 
