@@ -27,13 +27,34 @@ RATE_AFTER = 1.0  # seconds watched before a rate is shown (a first rate over a 
 FINAL_RATE_AFTER = 0.2  # the same for the line of the last step
 
 
-def load_model(path: str, seed: int):
+ONNX_LOSSES = ("softmax_cross_entropy", "nll_loss", "mse", "binary_cross_entropy_with_logits")
+
+
+def load_model(path: str, seed: int, loss: str | None = None, label: str = "y", output: str | None = None):
+    """``(graph, params)`` from a Python model file (``build(seed)``) or an ONNX model, whose
+    loss is ``loss`` applied to its output (the first, or ``output``) and the input ``label``."""
     if not os.path.isfile(path):
         raise UsageError(f"--model {path}: no such file" if not os.path.exists(path) else f"--model {path}: not a file")
+    if path.endswith(".onnx"):
+        return _onnx_model(path, loss, label, output)
     namespace = runpy.run_path(path)
     if not callable(namespace.get("build")):
         raise UsageError(f"--model {path}: a model file must define build(seed) -> (gw.Graph, params)")
     return namespace["build"](seed)
+
+
+def _onnx_model(path: str, loss: str | None, label: str, output: str | None):
+    import onnx
+
+    if loss not in ONNX_LOSSES:
+        raise UsageError(f"--model {path}: an ONNX model needs --loss, one of {', '.join(ONNX_LOSSES)}")
+    graph, params = gw.from_onnx(path, batch_dim="leading")
+    output = output or onnx.load(path, load_external_data=False).graph.output[0].name
+    prediction = graph.value(output)
+    labels = graph.input(label, (None,), "int64") if loss in ("softmax_cross_entropy", "nll_loss") else \
+        graph.input(label, prediction.shape, prediction.dtype.name)
+    graph.set_loss(getattr(gw, loss)(prediction, labels))  # each of these losses is a mean over the batch
+    return graph, params
 
 
 def load_data(path: str, inputs) -> dict:
@@ -187,7 +208,12 @@ def train_parser() -> ArgumentParser:
     parser.add_argument("--backend", default="local", choices=["local", "ray"], help="for a server started here")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers, for a server started here")
     parser.add_argument("--model", required=True, metavar="FILE",
-                        help="Python file defining build(seed) -> (graph, params)")
+                        help="Python file defining build(seed) -> (graph, params), or an ONNX model (.onnx)")
+    parser.add_argument("--loss", choices=ONNX_LOSSES, default=None,
+                        help="for an ONNX model: the loss on its output and --label")
+    parser.add_argument("--label", default="y", help="for an ONNX model: the name of the labels input")
+    parser.add_argument("--output", default=None, help="for an ONNX model: which output the loss reads "
+                                                       "(default: its first)")
     parser.add_argument("--data", required=True, metavar="FILE", help=".npz with one array per graph input")
     parser.add_argument("--remote-data", action="store_true",
                         help="the server reads --data itself, under its --data-root (no upload)")
@@ -238,7 +264,7 @@ def train_main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(args, name)}")
     optimizer = make_optimizer(args)
     plot = _check_plot(args)
-    graph, params = load_model(args.model, args.seed)
+    graph, params = load_model(args.model, args.seed, args.loss, args.label, args.output)
     data = args.data if args.remote_data else load_data(args.data, graph.graph_def.inputs)
 
     started_here = not args.server
