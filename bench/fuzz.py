@@ -127,6 +127,14 @@ KNOWN_BUGS: list[dict] = [  # an entry: {"name", "kind" (None: any), "match": [(
      "inputs": [("softmax_cross_entropy", "010a2f120b0a01661206080112020203221d0a01791215736f66746d61785f63726f73"
                                           "735f656e74726f70791a01662a0179"),
                 ("nll_loss", "010a22120b0a0166120608011202020322100a017912086e6c6c5f6c6f73731a01662a0179")]},
+    {"name": "pad-of-a-scalar-is-internal", "kind": None,
+     "match": [("INTERNAL", ("`pad_width` must be of integral type",))],
+     "summary": "Compute of sum(pad(p, pads=[])) for a float32 scalar parameter p is answered INTERNAL: the "
+                "shape rule accepts 0 pads for rank 0, then the kernel (_pad, worker/ops/indexing.py) hands "
+                "np.pad an empty float pad_width (TypeError: `pad_width` must be of integral type), which the "
+                "engine does not wrap as an ExecutionError",
+     "inputs": [("Compute", "000a340a3212070a01701202080122170a017912037061641a0170220a0a047061647312022a00220b0a"
+                            "016c120373756d1a01792a016c120b0a017010012a040000c03f")]},
 ]
 
 # Found by this harness, fixed in 2c7ac4d (ASCII) and 350ad72 (by encoded size): a status
