@@ -3,6 +3,8 @@ anything runs or is allocated. Errors name the node, op, inputs and shapes at fa
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,7 +160,7 @@ def infer(graph: GraphDef, order: list[Node], source_specs: dict[str, TensorSpec
         attrs = normalize_attrs(node)
         in_specs = [specs[ref] for ref in node.inputs]
         try:
-            spec = op.infer(*in_specs, **attrs)
+            spec = _infer_node(op, in_specs, attrs)
         except ShapeError as exc:
             args = ", ".join(f"{ref}: {s}" for ref, s in zip(node.inputs, in_specs))
             raise GraphError(f"{exc} [inputs {args}]", node.name, node.op) from None
@@ -175,6 +177,26 @@ def _check_attr_lengths(node: Node, limits: Limits) -> None:
         if isinstance(value, (list, tuple)) and len(value) > limits.max_rank:
             raise LimitError(f"attribute {key!r} lists {len(value)} entries; tensors have at most "
                              f"{limits.max_rank} dimensions", node.name, node.op)
+
+
+def _infer_node(op, in_specs, attrs):
+    """The op's shape rule; a variadic op's rule that cannot take this many inputs (its Python
+    signature says how many it takes) is a wrong arity, not a crash."""
+    signature = _signature(op.infer)
+    if signature is not None:
+        try:
+            signature.bind(*in_specs, **attrs)
+        except TypeError:
+            raise ShapeError(f"wrong arity: {op.name} does not take {len(in_specs)} input(s)") from None
+    return op.infer(*in_specs, **attrs)
+
+
+@functools.lru_cache(maxsize=None)  # one per op's rule
+def _signature(rule):
+    try:
+        return inspect.signature(rule)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the rule itself decides
+        return None
 
 
 def _check_size(name: str, spec: TensorSpec, limits: Limits, kind: str) -> None:
