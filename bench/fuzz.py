@@ -118,15 +118,6 @@ def _job_with_data_path(path: str) -> str:
 
 KNOWN_BUGS: list[dict] = [  # an entry: {"name", "kind" (None: any), "match": [(status, (substring, ...)),
     # ...], "summary", "inputs": [(label, hex, or None for _job_with_data_path(label))]}
-    {"name": "loss-op-with-one-input-is-internal", "kind": None,
-     "match": [("INTERNAL", ("missing 1 required positional argument: 'labels'",))],
-     "summary": "a graph with softmax_cross_entropy(f) or nll_loss(f) of a single input is answered INTERNAL "
-                "by every request carrying it: since 94a8d5a both ops are variadic (an optional class-weights "
-                "input), so validate.infer's arity check lets one input through and the shape rule "
-                "(_infer_sce, nll_loss's) is called without labels (TypeError)",
-     "inputs": [("softmax_cross_entropy", "010a2f120b0a01661206080112020203221d0a01791215736f66746d61785f63726f73"
-                                          "735f656e74726f70791a01662a0179"),
-                ("nll_loss", "010a22120b0a0166120608011202020322100a017912086e6c6c5f6c6f73731a01662a0179")]},
     {"name": "pad-of-a-scalar-is-internal", "kind": None,
      "match": [("INTERNAL", ("`pad_width` must be of integral type",))],
      "summary": "Compute of sum(pad(p, pads=[])) for a float32 scalar parameter p is answered INTERNAL: the "
@@ -214,6 +205,14 @@ _EMPTY_PIECE = [("CreateSession", "02210a0012160a017710011a01032a0c0000003f00008
                             "3f9a99193f3333333fcdcc4c3f6666663f0000803fcdcc8c3f")]
 REGRESSIONS += [(f"empty-piece-after-whole-{label}", h, f"{label} was INTERNAL (read-only view)")
                 for label, h in _EMPTY_PIECE]
+# ... and fixed in b04fd32: softmax_cross_entropy(f) or nll_loss(f) of a single input was INTERNAL
+# (variadic since 94a8d5a: the arity check let one input through to a shape rule wanting labels)
+REGRESSIONS += [
+    ("softmax_cross_entropy-one-input", "010a2f120b0a01661206080112020203221d0a01791215736f66746d61785f63726f73"
+                                        "735f656e74726f70791a01662a0179", "RegisterGraph was INTERNAL (TypeError)"),
+    ("nll_loss-one-input", "010a22120b0a0166120608011202020322100a017912086e6c6c5f6c6f73731a01662a0179",
+     "RegisterGraph was INTERNAL (TypeError)"),
+]
 REGRESSIONS += [
     ("sharded-fetch-coupled-5-rows", ("000aa9010aa1010a140a0178120f0801120bffffffffffffffffff0103120a0a017712050801120103222b0a0b747261"
      "6e73706f73655f3012097472616e73706f73651a0178220e0a047065726d12062a040a020100221b0a017412066d6174"
