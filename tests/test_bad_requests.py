@@ -710,11 +710,14 @@ def test_sdk_raises_deadline_exceeded(client, caplog, where):
     the deadline passes): the client gets DeadlineExceeded in time, the server logs the
     request as DEADLINE_EXCEEDED (not as an internal error) and keeps serving."""
     caplog.set_level(logging.INFO, logger="gradwire.server")
-    g, params, batch = _heavy(layers=6, width=512, n=4096) if where == "compute" else _heavy(layers=1, width=256, n=65536)
+    # compute: seconds of work on any machine (the deadline stops it within a node, so the test
+    # does not pay for it); upload: 64 MB still streaming in when the deadline passes
+    g, params, batch = _heavy(layers=24, width=512, n=8192) if where == "compute" else \
+        _heavy(layers=1, width=256, n=65536)
     client.register(g)
     start = time.monotonic()
     # compute: long enough for the handler to start even on a busy machine, far shorter than
-    # the work; the server gives up between shards
+    # the work; the engine stops at its next node
     timeout = 0.25 if where == "compute" else 0.05
     with pytest.raises(gw.DeadlineExceeded) as err:
         client.run(g, params, batch, timeout=timeout, shards=8)

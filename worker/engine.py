@@ -209,7 +209,7 @@ class Program:
             check()
             try:
                 y = forward(*[env[ref] for ref in inputs], **attrs)
-            except (ValueError, FloatingPointError, IndexError) as exc:
+            except (ValueError, FloatingPointError, IndexError, TypeError) as exc:  # the data at fault, not the engine
                 raise ExecutionError(str(exc), name, op_name) from None
             if type(y) is not np.ndarray:  # reductions give NumPy scalars
                 y = np.asarray(y)
