@@ -13,18 +13,12 @@ import numpy as np
 
 import gradwire as gw
 from gradwire.client.train_cli import follow, server_address
+from digits import accuracy, digits_split  # examples/digits.py, beside this file
 
 
 def digits_images(seed: int = 0, test_fraction: float = 0.2):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8), NCHW
-    y = digits.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_test = int(len(x) * test_fraction)
-    test, train = order[:n_test], order[n_test:]
-    return {"x": x[train], "y": y[train]}, {"x": x[test], "y": y[test]}
+    """examples/digits.py's split, each image as (1, 8, 8): NCHW."""
+    return tuple({"x": part["x"].reshape(-1, 1, 8, 8), "y": part["y"]} for part in digits_split(seed, test_fraction))
 
 
 def cnn(seed: int = 0, c1: int = 16, c2: int = 32):
@@ -43,11 +37,6 @@ def cnn(seed: int = 0, c1: int = 16, c2: int = 32):
     logits = gw.add(gw.reshape(h, shape=[-1, c2 * 4]) @ p["wf"], p["bf"], name="logits")
     g.set_loss(gw.softmax_cross_entropy(logits, y))
     return g, params
-
-
-def accuracy(graph, params, data) -> float:
-    logits = gw.local().run(graph, params, data, fetch=("logits",)).outputs["logits"]
-    return float(np.mean(np.argmax(logits, axis=1) == data["y"]))
 
 
 def main() -> int:
