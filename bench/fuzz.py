@@ -118,14 +118,6 @@ def _job_with_data_path(path: str) -> str:
 
 KNOWN_BUGS: list[dict] = [  # an entry: {"name", "kind" (None: any), "match": [(status, (substring, ...)),
     # ...], "summary", "inputs": [(label, hex, or None for _job_with_data_path(label))]}
-    {"name": "pad-of-a-scalar-is-internal", "kind": None,
-     "match": [("INTERNAL", ("`pad_width` must be of integral type",))],
-     "summary": "Compute of sum(pad(p, pads=[])) for a float32 scalar parameter p is answered INTERNAL: the "
-                "shape rule accepts 0 pads for rank 0, then the kernel (_pad, worker/ops/indexing.py) hands "
-                "np.pad an empty float pad_width (TypeError: `pad_width` must be of integral type), which the "
-                "engine does not wrap as an ExecutionError",
-     "inputs": [("Compute", "000a340a3212070a01701202080122170a017912037061641a0170220a0a047061647312022a00220b0a"
-                            "016c120373756d1a01792a016c120b0a017010012a040000c03f")]},
 ]
 
 # Found by this harness, fixed in 2c7ac4d (ASCII) and 350ad72 (by encoded size): a status
@@ -187,6 +179,11 @@ for _bug in KNOWN_BUGS:
 REGRESSIONS += [(f"dataset-{path}", _job_with_data_path(path), "SubmitJob with this data_path was INTERNAL")
                 for path in _FIXED_DATASETS]
 REGRESSIONS.append(("reshape-batched-to-scalar", _FIXED_RESHAPE, "RegisterGraph was INTERNAL (IndexError)"))
+# ... and fixed by the engine wrapping a kernel's TypeError: Compute of sum(pad(p, pads=[])) of a
+# scalar p was INTERNAL (np.pad's TypeError: `pad_width` must be of integral type)
+REGRESSIONS.append(("pad-of-a-scalar", "000a340a3212070a01701202080122170a017912037061641a0170220a0a047061647312022a00220b0a"
+                                       "016c120373756d1a01792a016c120b0a017010012a040000c03f",
+                    "Compute was INTERNAL (np.pad's TypeError)"))
 # ... and fixed in 4658c73: Compute of a sum loss over x (-1, 3), shards=2, fetching
 # t = matmul(x, transpose(x)), which couples the examples: with 5 rows it was INTERNAL (the
 # shards' (3, 3) and (2, 2) blocks concatenated: ValueError), with 4 rows OK but wrong (t
