@@ -1502,3 +1502,26 @@ def to_onnx(graph: Graph | GraphDef, params: dict[str, Any], path: str | os.Path
     if path is not None:
         onnx.save(model, os.fspath(path))
     return model
+
+
+# ---------------------------------------------------------------- training an ONNX model
+
+LOSSES = ("softmax_cross_entropy", "nll_loss", "mse", "binary_cross_entropy_with_logits")
+
+
+def training_graph(model_or_path, loss: str, label: str = "y", output: str | None = None):
+    """``(graph, params)`` of an ONNX model with a loss chosen by name: ``loss`` (one of
+    ``LOSSES``, each a mean over the batch) of the model's output (its first, or ``output``)
+    and a new batch input ``label`` (int64 class labels for the class losses, else shaped as
+    the output)."""
+    import gradwire as gw
+
+    if loss not in LOSSES:
+        raise GraphError(f"loss must be one of {LOSSES}, got {loss!r}")
+    model = _load(model_or_path)
+    graph, params = from_onnx(model, batch_dim="leading")
+    prediction = graph.value(output or model.graph.output[0].name)
+    labels = graph.input(label, (None,), "int64") if loss in ("softmax_cross_entropy", "nll_loss") else \
+        graph.input(label, prediction.shape, prediction.dtype.name)
+    graph.set_loss(getattr(gw, loss)(prediction, labels))
+    return graph, params

@@ -196,11 +196,21 @@ class Client:
 
     def submit_job(self, graph: Graph | GraphDef | str, params: dict[str, Any], data: dict[str, Any] | str,
                    optimizer, batch_size: int, epochs: int = 1, seed: int = 0, checkpoint_every: int = 0,
-                   shards: int = 0, name: str = "", placement: str = ""):
+                   shards: int = 0, name: str = "", placement: str = "", loss: str | None = None,
+                   label: str = "y"):
         """Start a training job on the server (data uploaded, or a dataset path the server
         can read); returns a ``TrainingJob`` to watch, cancel and collect. ``placement``
-        ("auto", "ray" or "local"; "": the server's) says where a Ray backend runs its steps."""
+        ("auto", "ray" or "local"; "": the server's) says where a Ray backend runs its steps.
+        ``graph`` may be an ONNX model (a path ending in .onnx or a ModelProto) with ``loss`` chosen
+        by name on its output and the batch input ``label``; then ``params`` may be None (its
+        initializers)."""
         from gradwire.client.jobs import submit_job
+
+        if loss is not None:
+            from gradwire.client.onnx_io import training_graph
+
+            graph, initializers = training_graph(graph, loss, label)
+            params = initializers if params is None else params
         return submit_job(self, graph, params, data, optimizer, batch_size, epochs, seed, checkpoint_every,
                           shards, name, placement or self.placement)
 

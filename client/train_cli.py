@@ -27,9 +27,6 @@ RATE_AFTER = 1.0  # seconds watched before a rate is shown (a first rate over a 
 FINAL_RATE_AFTER = 0.2  # the same for the line of the last step
 
 
-ONNX_LOSSES = ("softmax_cross_entropy", "nll_loss", "mse", "binary_cross_entropy_with_logits")
-
-
 def load_model(path: str, seed: int, loss: str | None = None, label: str = "y", output: str | None = None):
     """``(graph, params)`` from a Python model file (``build(seed)``) or an ONNX model, whose
     loss is ``loss`` applied to its output (the first, or ``output``) and the input ``label``."""
@@ -44,17 +41,11 @@ def load_model(path: str, seed: int, loss: str | None = None, label: str = "y", 
 
 
 def _onnx_model(path: str, loss: str | None, label: str, output: str | None):
-    import onnx
+    from gradwire.client.onnx_io import LOSSES, training_graph
 
-    if loss not in ONNX_LOSSES:
-        raise UsageError(f"--model {path}: an ONNX model needs --loss, one of {', '.join(ONNX_LOSSES)}")
-    graph, params = gw.from_onnx(path, batch_dim="leading")
-    output = output or onnx.load(path, load_external_data=False).graph.output[0].name
-    prediction = graph.value(output)
-    labels = graph.input(label, (None,), "int64") if loss in ("softmax_cross_entropy", "nll_loss") else \
-        graph.input(label, prediction.shape, prediction.dtype.name)
-    graph.set_loss(getattr(gw, loss)(prediction, labels))  # each of these losses is a mean over the batch
-    return graph, params
+    if loss not in LOSSES:
+        raise UsageError(f"--model {path}: an ONNX model needs --loss, one of {', '.join(LOSSES)}")
+    return training_graph(path, loss, label, output)
 
 
 def load_data(path: str, inputs) -> dict:
@@ -209,7 +200,8 @@ def train_parser() -> ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="Ray workers, for a server started here")
     parser.add_argument("--model", required=True, metavar="FILE",
                         help="Python file defining build(seed) -> (graph, params), or an ONNX model (.onnx)")
-    parser.add_argument("--loss", choices=ONNX_LOSSES, default=None,
+    parser.add_argument("--loss", choices=("softmax_cross_entropy", "nll_loss", "mse", "binary_cross_entropy_with_logits"),
+                        default=None,
                         help="for an ONNX model: the loss on its output and --label")
     parser.add_argument("--label", default="y", help="for an ONNX model: the name of the labels input")
     parser.add_argument("--output", default=None, help="for an ONNX model: which output the loss reads "

@@ -43,3 +43,21 @@ def test_an_onnx_model_trains_with_a_named_loss(tmp_path):
         assert sorted(params.files) == ["W", "b"] and params["W"].shape == (4, 3)
     missing = _run("train", "--model", "m.onnx", "--data", "d.npz", cwd=tmp_path)
     assert missing.returncode == 2 and "needs --loss" in missing.stderr
+
+
+def test_submit_job_takes_an_onnx_model_and_a_loss_by_name(tmp_path, start_server):
+    import gradwire as gw
+
+    _model(tmp_path / "m.onnx")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    data = {"x": x, "y": (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)}
+    _, address = start_server()
+    with gw.connect(address) as client:
+        job = client.submit_job(str(tmp_path / "m.onnx"), None, data, gw.optim.SGD(lr=0.1), batch_size=20,
+                                epochs=3, loss="softmax_cross_entropy")
+        trained = job.result()
+    graph, params = gw.client.onnx_io.training_graph(str(tmp_path / "m.onnx"), "softmax_cross_entropy")
+    before = gw.local().value_and_grad(graph, params, data)[0]
+    after = gw.local().value_and_grad(graph, trained, data)[0]
+    assert sorted(trained) == ["W", "b"] and after < before
