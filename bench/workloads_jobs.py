@@ -345,6 +345,9 @@ def _server_child() -> None:
     from gradwire.server.app import create_server
     from gradwire.server.config import ServerConfig
 
+    import tempfile
+
+    config.setdefault("job_dir", tempfile.mkdtemp(prefix="gradwire-bench-jobs-"))  # one server per job folder
     server, port = create_server(ServerConfig(**config))
 
     def on_term(*_):
