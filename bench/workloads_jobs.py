@@ -798,8 +798,9 @@ def _part_a(cfg: Config, tmp: str) -> list[Row]:
     samples = timed(loops, repeats=max(3, rounds), warmup=1)
     loop_eps = {k: n * epochs_of[k] / median(v) for k, v in samples.items()}
     np_params, _ = numpy_sgd(params0, data, batch, 2, A_LR)
+    per_step = {k: [s / (spe * epochs_of[k]) for s in v] for k, v in samples.items()}  # seconds per step
     np_eps_all = [n * np_epochs / s for s in samples["numpy"]]
-    np_step_ms = 1e3 / loop_eps["numpy"] * batch
+    np_step_all = list(per_step["numpy"])
 
     # ---- the servers: one per variant, its runs interleaved with NumPy-loop runs
     variants: list[dict] = [{"key": "local", "label": "local backend", "config": {"backend": "local"}}]
@@ -821,6 +822,7 @@ def _part_a(cfg: Config, tmp: str) -> list[Row]:
         results[v["key"]] = _a_block(cfg, tmp, v, graph, params0, data, tiny_graph, tiny_params, tiny_data, rounds,
                                      np_epochs)
         np_eps_all += results[v["key"]]["np_eps"]
+        np_step_all += [n / (e * spe) for e in results[v["key"]]["np_eps"]]  # a run's seconds per step
 
     # ---- Ray Train + DDP
     ddp_missing = _have("torch") or _have("ray.train")
@@ -836,12 +838,13 @@ def _part_a(cfg: Config, tmp: str) -> list[Row]:
 
     # ---- rows
     np_eps = median(np_eps_all)
-    rows.append(row(f"{NAME}/a numpy SGD loop (hand-written)", stats=summarize(samples["numpy"]), ratio=1.0,
+    np_step_ms = median(np_step_all) * 1e3
+    rows.append(row(f"{NAME}/a numpy SGD loop (hand-written)", stats=summarize(np_step_all), ratio=1.0,
                     notes=f"baseline; {np_eps:,.0f} examples/s over all its runs ({np_step_ms * 1e3:.0f} us/step); "
                           f"{np_epochs} epochs per run",
-                    examples_per_s=np_eps, step_ms=np_step_ms, samples_ms=ms_list(samples["numpy"])))
+                    examples_per_s=np_eps, step_ms=np_step_ms, samples_ms=[round(t * 1e3, 4) for t in np_step_all]))
     if "torch" in loop_eps:
-        rows.append(row(f"{NAME}/a pytorch SGD loop", stats=summarize(samples["torch"]),
+        rows.append(row(f"{NAME}/a pytorch SGD loop", stats=summarize(per_step["torch"]),
                         ratio=loop_eps["torch"] / loop_eps["numpy"],
                         notes=f"ratio = ex/s / numpy loop's (interleaved); {loop_eps['torch']:,.0f} examples/s",
                         examples_per_s=loop_eps["torch"]))
@@ -906,7 +909,7 @@ def _part_a(cfg: Config, tmp: str) -> list[Row]:
                                                                  "would run)" if p == "ray" else "")))
 
     # ---- floors
-    rows.append(row(f"{NAME}/a floor: gw.local() + SGD rule in-process", stats=summarize(samples["engine"]),
+    rows.append(row(f"{NAME}/a floor: gw.local() + SGD rule in-process", stats=summarize(per_step["engine"]),
                     ratio=loop_eps["engine"] / loop_eps["numpy"],
                     notes=f"ratio = ex/s / numpy loop's: what a job step costs with no server around it; "
                           f"{loop_eps['engine']:,.0f} examples/s ({batch / loop_eps['engine'] * 1e6:.0f} us/step "
