@@ -29,8 +29,9 @@ thin hook on the job's event log records, at every step, the wall clock, the pro
 time (all threads: gRPC, the job loop, Ray's core worker) and two counters wrapped around
 Ray's serializer: bytes serialized into Ray (``ray.put`` and task arguments, inlined or
 through the object store) and bytes deserialized out of it (task results, gets). Its
-``/proc/self/io`` (rchar, wchar: sockets and files) is read at the window's two ends; Ray's
-shared-memory transfers never show there, hence the counters. A job's rate is its examples
+``/proc/self/io`` (rchar, wchar) is read at the window's two ends too (JSON only): it counts
+file reads and writes but no socket ``send``/``sendmsg`` (gRPC, Ray's RPCs), and large Ray
+objects cross in shared memory, so it shows next to nothing; hence the counters. A job's rate is its examples
 over the wall time between the end of its warm-up steps (a digits job: its first epoch) and
 its last step, so submission, upload and the final checkpoint stay out. Without the hook (the
 server's job code changed), rates fall back to submit->result and CPU to the whole job.
