@@ -35,6 +35,7 @@ class LocalBackend:
 
     name = "local"
     default_shards = 1  # sequential shards buy nothing in one process; 1 matches gw.local()
+    inline = True  # a tiny computation may run on the server's event loop (it never blocks on anything)
 
     def compute(self, computation: Computation, cancel: CancelToken) -> Outcome:
         return drive(self, computation, cancel, max_retries=0)

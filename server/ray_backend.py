@@ -79,6 +79,7 @@ def use_token_auth(environ=os.environ) -> str:
 
 class RayBackend:
     name = "ray"
+    inline = True  # a tiny computation the planner keeps in this process may run on the event loop
     default_shards = 8  # enough to balance load over a few workers; independent of their number
 
     def __init__(self, config: ServerConfig):

@@ -151,10 +151,13 @@ class GradwireServicer(pb_grpc.GradwireServicer):
                 return fn(*args)
             finally:
                 holdings.release()
+        future = self.compute_pool.submit(work)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.compute_pool, work)
+            return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             cancel.cancel("the call was cancelled or its deadline passed")
+            if future.cancel():  # it never started, so nothing else will release what it holds
+                holdings.release()
             raise
 
     def _assembler(self, holdings: Holdings) -> Assembler:
@@ -192,10 +195,34 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         async def run(call):
             call.label(require_header(request).header)  # a malformed request raises here, before it holds anything
             holdings, cancel = self._admitted(context)
-            return await self._compute(holdings, cancel, self._compute_unary, call, request, holdings, cancel)
+            if not _inline_candidate(request):
+                return await self._compute(holdings, cancel, self._compute_unary, call, request, holdings, cancel)
+            handed_off = False
+            try:  # a tiny request: prepared here on the loop, computed here if it is tiny too
+                decoded, job = self._prepare_unary(call, request, holdings)
+                if not self._runs_inline(job):
+                    handed_off = True  # the compute thread releases what the request holds
+                    return await self._compute(holdings, cancel, self._finish_unary, call, decoded, job, holdings,
+                                               cancel)
+                return self._finish_unary(call, decoded, job, holdings, cancel)
+            finally:
+                if not handed_off:
+                    holdings.release()
         return await self._unary("Compute", context, run)
 
+    def _runs_inline(self, job) -> bool:
+        """Computed on the event loop: estimated tiny, and placed in this process (a thread
+        hand-off costs 0.1-0.2 ms, more than such a computation; a Ray one waits for workers)."""
+        if job.flops > INLINE_FLOPS or not getattr(self.backend, "inline", False):
+            return False
+        planner = getattr(self.backend, "planner", None)
+        return planner is None or planner.place(job.flops, job.placement).where == "local"
+
     def _compute_unary(self, call: _Call, request, holdings: Holdings, cancel: CancelToken):
+        decoded, job = self._prepare_unary(call, request, holdings)
+        return self._finish_unary(call, decoded, job, holdings, cancel)
+
+    def _prepare_unary(self, call: _Call, request, holdings: Holdings):
         t = time.perf_counter()
         header = request.header
         reg, session = gradients.resolve_target(header, self.graphs, self.sessions, call.tenant)
@@ -206,6 +233,9 @@ class GradwireServicer(pb_grpc.GradwireServicer):
         decoded.phase_ms["decode"] = gradients._ms_since(t)
         job = gradients.validate(decoded, self.config, self.default_shards)
         call.batch = gradients.batch_rows(decoded)
+        return decoded, job
+
+    def _finish_unary(self, call: _Call, decoded, job, holdings: Holdings, cancel: CancelToken):
         outcome = self._observed(gradients.compute(self.backend, decoded, job, holdings, cancel, self.config))
         return gradients.encode_unary(decoded, job, outcome, self.backend.name, call.request_id)
 
@@ -388,6 +418,13 @@ def _wellformed(request) -> None:
 # gRPC drops a status whose trailer exceeds 8 KiB; it percent-encodes every byte of the
 # message outside printable ASCII as three
 MAX_STATUS_WIRE_BYTES = 4096
+INLINE_BYTES = 64 << 10  # a unary request this small is prepared on the event loop ...
+INLINE_FLOPS = 2e6  # ... and computed there when its estimate is this small (about a millisecond)
+
+
+def _inline_candidate(request) -> bool:
+    # small requests reach the handler as plain protobufs (frames leaves them to protobuf)
+    return isinstance(request, pb.ComputeRequest) and request.ByteSize() <= INLINE_BYTES
 
 
 def _clipped(message: str) -> str:

@@ -733,6 +733,8 @@ def test_sdk_raises_deadline_exceeded(client, caplog, where):
 class _GatedBackend(LocalBackend):
     """Holds every request inside compute until ``release`` is set."""
 
+    inline = False  # it blocks: never on the server's event loop
+
     def __init__(self):
         self.entered, self.release = threading.Event(), threading.Event()
 

@@ -381,3 +381,19 @@ def test_a_dataset_path_that_is_no_regular_file_is_refused(start_server, tmp_pat
             with pytest.raises(gw.PermissionDenied, match="not a regular .npz or .npy file"):
                 client.submit_job(g, params, path, gw.optim.SGD(lr=0.1), batch_size=8, epochs=1)
     _assert_answers(address)
+
+
+def test_a_deadline_before_the_compute_thread_starts_frees_the_slot(start_server):
+    """The deadline passes while the request waits for a compute thread (its work never starts):
+    what it holds is released all the same, so the next request is admitted."""
+    server, address = start_server(max_concurrent=1)
+    blocker = server.servicer.compute_pool.submit(time.sleep, 1.5)  # the pool's one thread is busy
+    request, _ = _heavy_request(layers=1, width=64, n=512)  # over 64 KiB: never computed inline
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.GradwireStub(channel).Compute(request, timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    blocker.result()
+    time.sleep(0.1)
+    assert server.admission.memory.in_use == 0
+    _assert_answers(address)  # the only slot is free again (a leaked one would refuse this)
