@@ -37,7 +37,7 @@ def test_an_exported_cnn_trains_with_torchs_gradients(tmp_path, dtype, tol):
     y = torch.tensor([0, 1, 2, 0, 1])
     path = tmp_path / "cnn.onnx"
     torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}}, do_constant_folding=False)
+                      dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}}, do_constant_folding=False, dynamo=False)
 
     graph, params = gw.from_onnx(str(path), trainable={name for name, _ in net.named_parameters()})
     graph.set_loss(gw.softmax_cross_entropy(graph.value("logits"), graph.input("y", (None,), "int64")))
