@@ -121,6 +121,7 @@ class GradwireServer:
         jobs = JobManager(config.job_dir, self.backend, graphs, config.shards or self.backend.default_shards,
                           config.check_finite, self.admission, config.max_running_jobs, config.max_job_steps,
                           tuple(root for root in config.data_roots.split(os.pathsep) if root), config.keep_finished)
+        jobs.shards_by_cost = not config.shards  # the server's --shards, when given, is every job's plan
         sessions = SessionStore(config.max_sessions)
         self.metrics = _metrics() if config.metrics_port else None
         if self.metrics is not None:

@@ -23,7 +23,7 @@ from gradwire.server.backend import Backend
 from gradwire.server.driver import Computation, Outcome
 from gradwire.server.config import ServerConfig
 from gradwire.server.feed import BatchFeed
-from gradwire.server.placement import check_placement
+from gradwire.server.placement import check_placement, shards_by_cost
 from gradwire.server.store import GraphStore, Registered, Session, SessionStore
 from gradwire.worker.budget import Budget, check, estimate
 from gradwire.worker.cancel import CancelToken
@@ -101,6 +101,8 @@ def validate(request: Decoded, config: ServerConfig, default_shards: int) -> Com
     request.budget = check(estimate(program, specs, job.wrt, job.fetch), config.max_request_memory_bytes,
                            config.max_request_flops)
     job.placement, job.flops = header.placement, request.budget.flops
+    if not header.shards and not config.shards:  # nobody chose a plan: one by cost
+        job.shards = shards_by_cost(job.flops, default_shards)
     request.phase_ms["validate"] = _ms_since(t)
     return job
 

@@ -34,7 +34,7 @@ from gradwire.protos import gradwire_pb2 as pb
 from gradwire.server.admission import Admission
 from gradwire.server.auth import DEFAULT_TENANT
 from gradwire.server.backend import Backend
-from gradwire.server.placement import check_placement
+from gradwire.server.placement import check_placement, shards_by_cost
 from gradwire.server.job_steps import StepPlan, Steps
 from gradwire.server.job_store import compact_events, lock_job_dir, prune_finished
 from gradwire.server.status import JobNotDone, NotFound, PermissionDenied, StillResuming
@@ -289,6 +289,7 @@ class JobManager:
         self.max_steps = max_steps
         self.data_roots = tuple(data_roots)
         self.keep_finished = keep_finished
+        self.shards_by_cost = False  # True: a job that names no shard count gets one by cost
         self.observe = None  # called with each step's outcome (metrics), when set
         self._folder_lock = lock_job_dir(self.root)  # one server per job folder
         self._resumed = threading.Event()  # cleared while resume_all reads the folder's jobs
@@ -309,6 +310,8 @@ class JobManager:
         data = load_dataset(data_path) if data_path else uploaded
         n = check_dataset(reg, data, header.batch_size)
         total_steps = math.ceil(n / header.batch_size) * header.epochs
+        shards = int(header.shards) or (self.default_shards if not self.shards_by_cost else
+                                        shards_by_cost(_step_flops(reg, int(header.batch_size)), self.default_shards))
         if total_steps > self.max_steps:
             raise LimitError(f"the job asks for {total_steps} steps ({header.epochs} epochs of "
                              f"{math.ceil(n / header.batch_size)}); the limit is {self.max_steps} (--max-job-steps)")
@@ -323,7 +326,7 @@ class JobManager:
         (directory / "graph.pb").write_bytes(reg.proto_bytes)
         _save_npz_atomic(directory / "params0.npz", params)
         spec = JobSpec(job_id, reg.graph_id, optimizer, int(header.batch_size), int(header.epochs),
-                       int(header.seed), int(header.checkpoint_every), int(header.shards or self.default_shards),
+                       int(header.seed), int(header.checkpoint_every), shards,
                        data_path, header.name, header.placement, tenant)
         (directory / "job.json").write_text(json.dumps(spec.__dict__))
         run = JobRun(spec, reg, data, dict(params), directory, n)

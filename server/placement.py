@@ -61,6 +61,19 @@ class Planner:
         return Placement("ray", there, f"worth the workers: {figures}")
 
 
+SHARD_FLOPS = 2e7  # a micro-shard's least work: below it a shard's fixed cost (~0.1 ms) outweighs its share
+
+
+def shards_by_cost(flops: float, ceiling: int) -> int:
+    """The micro-shard count for a computation of ``flops`` when nobody chose one: a power of two,
+    each shard at least ``SHARD_FLOPS`` of work, at most ``ceiling``. It depends on the graph and
+    the batch only (never on workers or placement), so the bits do too."""
+    shards = 1
+    while shards * 2 <= ceiling and flops / (shards * 2) >= SHARD_FLOPS:
+        shards *= 2
+    return shards
+
+
 def check_placement(placement: str) -> None:
     """A request's or job's placement: empty (the server's) or one of ``MODES``."""
     if placement and placement not in MODES:

@@ -124,3 +124,28 @@ def test_requests_over_the_memory_or_flop_limit_are_refused_before_running(start
     with gw.connect(strict) as client:
         with pytest.raises(gw.ResourceExhausted, match="floating-point operations"):
             client.value_and_grad(_graph(), {"w": W, "b": B}, {"x": X})
+
+
+def test_the_shard_count_is_chosen_by_cost_when_nobody_chose_one(start_server):
+    from gradwire.server.placement import SHARD_FLOPS, shards_by_cost
+
+    assert shards_by_cost(1e6, 8) == 1 and shards_by_cost(4 * SHARD_FLOPS, 8) == 4
+    assert shards_by_cost(1e12, 8) == 8 and shards_by_cost(1e12, 1) == 1
+
+    class EightByDefault(LocalBackend):  # as the Ray backend: up to 8 micro-shards a request
+        default_shards = 8
+
+    _, address = start_server(backend=EightByDefault())
+    g = gw.Graph()
+    x, w = g.input("x", (None, 256)), g.param("w", (256, 256))
+    g.set_loss(gw.mean(gw.tanh(x @ w)))
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((256, 256)).astype(np.float32)}
+    with gw.connect(address) as client:
+        tiny = client.value_and_grad(g, params, {"x": rng.standard_normal((4, 256)).astype(np.float32)},
+                                     return_info=True)[2]
+        big = client.value_and_grad(g, params, {"x": rng.standard_normal((4096, 256)).astype(np.float32)},
+                                    return_info=True)[2]
+        chosen = gw.connect(address, shards=2).value_and_grad(
+            g, params, {"x": rng.standard_normal((4, 256)).astype(np.float32)}, return_info=True)[2]
+    assert tiny["shard_count"] == 1 and big["shard_count"] == 8 and chosen["shard_count"] == 2
