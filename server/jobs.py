@@ -266,7 +266,10 @@ def _step_flops(reg: Registered, batch_size: int) -> float:
     program = reg.program
     sources = {name: TensorSpec(tuple(batch_size if d is None else d for d in spec.shape), spec.dtype)
                for name, spec in program.graph.sources().items()}
-    specs, _ = infer(program.graph, program.order, sources, program.limits)
+    try:
+        specs, _ = infer(program.graph, program.order, sources, program.limits)
+    except GraphError:  # a graph only some batch sizes fit (the steps check their own): no estimate
+        return 0.0
     return estimate(program, specs).flops
 
 
