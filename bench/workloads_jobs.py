@@ -1147,7 +1147,7 @@ def _part_b(cfg: Config, tmp: str) -> list[Row]:
         r = res[2]["job_eps"] / ddp_eps
         rows.append(row(f"{NAME}/b ray train + ddp 2w x 1t (gloo)", stats=ddp_stats,
                         ratio=ddp_eps / res[2]["ideal_eps"],
-                        notes=f"ratio = ex/s / ideal 2's (measured before it, not interleaved); {ddp_eps:,.0f} "
+                        notes=f"ratio = ex/s / ideal 2's (measured after the jobs, not interleaved); {ddp_eps:,.0f} "
                               f"examples/s; rank 0's step times after {warm} warm-up steps", examples_per_s=ddp_eps,
                         samples_ms=ms_list(out["step_s"][warm:])))
         rows.append(row(f"{NAME}/b job, ray 2w / ray train + ddp", ratio=r, target=f">= {DDP_TARGET_B:g}",
