@@ -902,8 +902,8 @@ def _part_a(cfg: Config, tmp: str) -> list[Row]:
             sj = res["shards_job"]
             what = "one shard per worker" if v["extra_shards"] > 1 else "one shard: one engine call per step"
             rows.append(row(f"{name}, shards={v['extra_shards']} (info)", stats=sj["stats"], ratio=sj["ratio"],
-                            notes=f"ratio = ex/s / numpy loop's; {what} (the server's default plans "
-                                  f"{res['default_shards']}); {sj['eps']:,.0f} examples/s, {sj['step_ms']:.3f} ms/step"
+                            notes=f"ratio = ex/s / numpy loop's; {what} (the row above: the server's own shard "
+                                  f"plan); {sj['eps']:,.0f} examples/s, {sj['step_ms']:.3f} ms/step"
                                   + (f"; placed {sj['run'].placement}" if sj["run"].placement else ""),
                             examples_per_s=sj["eps"], step_ms=sj["step_ms"]))
         if v["key"] == "ray":
@@ -950,8 +950,8 @@ def _part_a(cfg: Config, tmp: str) -> list[Row]:
                 st = summarize(fl[key])
                 rows.append(row(f"{NAME}/a floor: ray {label}", stats=st, ratio=np_step_ms / st["median_ms"],
                                 notes=f"ratio = numpy step / this round trip; a job step on this server fetches "
-                                      f"{per_step or 0:.1f} task results (shards {res['default_shards']}, "
-                                      f"{A_WORKERS} workers, pipelined)", samples_ms=ms_list(fl[key])))
+                                      f"{per_step or 0:.1f} task results (the server's shard plan, "
+                                      f"{A_WORKERS} workers)", samples_ms=ms_list(fl[key])))
     return rows + c_rows
 
 
@@ -999,7 +999,6 @@ def _a_block(cfg: Config, tmp: str, v: dict, graph, params0, data, tiny_graph, t
                         out[key].append(jobs[key](epochs[key]))
                 gc.collect()
         res: dict[str, Any] = {"np_eps": out["numpy"], "counted": server.ray_counted, "params": first_params}
-        res["default_shards"] = 8 if v.get("ray") else 1  # the backends' default plans (ServerConfig.shards=0)
         if v["key"] == "ray":
             fl_calls = 20 if cfg.quick else FLOOR_CALLS
             res["ray_floor"] = server.ask("ray_floor", fl_calls, sum(p.size for p in params0.values()))
