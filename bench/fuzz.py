@@ -72,6 +72,8 @@ import warnings
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
+from gradwire.worker.frames import _varint  # the varint protobuf writes, as in the framer
+
 KINDS = ("Compute", "RegisterGraph", "CreateSession", "SubmitJob")
 STREAMING = frozenset({"CreateSession", "SubmitJob"})
 FRAMED = 0x80
@@ -156,15 +158,6 @@ def known_bug(record: dict) -> str | None:
 
 
 # ---------------------------------------------------------------- input format
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def pack(kind: str, messages: list[bytes], framed: bool = False) -> bytes:
