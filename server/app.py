@@ -215,8 +215,11 @@ class GradwireServer:
             self._close_loop()
 
     def _close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        try:  # the loop's default executor ran _stop_jobs: its thread would outlive the server
+            self._on_loop(self._loop.shutdown_default_executor(), timeout=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
 
     def wait(self) -> None:
         self._stopped.wait()

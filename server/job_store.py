@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 COMPACT_TO = 200  # progress events a finished job's log keeps (evenly spaced, the last included)
@@ -72,8 +73,9 @@ def compact_events(path: Path, keep: int = COMPACT_TO) -> None:
         return
     stride = len(running) / keep
     kept = {running[int(k * stride)] for k in range(keep)} | {running[-1]}
-    lines = [json.dumps(e) + "\n" for i, e in enumerate(events) if i in kept or i not in set(running)]
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    dropped = set(running) - kept  # built once: a long job has a million progress events
+    lines = [json.dumps(e) + "\n" for i, e in enumerate(events) if i not in dropped]
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text("".join(lines))
     os.replace(tmp, path)
 

@@ -98,7 +98,7 @@ class GradwireServicer(pb_grpc.GradwireServicer):
 
     def close(self) -> None:
         self.compute_pool.shutdown(wait=False, cancel_futures=True)
-        self.light_pool.shutdown(wait=False, cancel_futures=True)
+        self.light_pool.shutdown(wait=True, cancel_futures=True)  # short tasks: wait, leave no thread
 
     # ------------------------------------------------------------------ error mapping
 

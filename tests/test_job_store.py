@@ -75,15 +75,34 @@ def test_a_running_job_cannot_be_removed(start_server):
         job.cancel()
 
 
+def test_a_stopped_server_leaves_no_thread_behind(tmp_path):
+    """Its jobs' threads (a long job, cancelled, then compacted) and its event loop's executor end with it."""
+    import threading
+
+    before = set(threading.enumerate())
+    server, port = create_server(ServerConfig(port=0, job_dir=str(tmp_path)))
+    g, params, data = _model()
+    with gw.connect(f"127.0.0.1:{port}") as client:
+        job = client.submit_job(g, params, data, gw.optim.SGD(lr=0.1), batch_size=1, epochs=10_000)
+        while job.info()["step"] < 2000:
+            time.sleep(0.01)
+        job.cancel()
+    server.stop(0)
+    left = [t.name for t in set(threading.enumerate()) - before
+            if t.is_alive() and "_poll_wrapper" not in t.name]  # grpc's process-wide client poller
+    assert left == [], left
+
+
 def test_compaction_keeps_state_changes_and_the_last_step(tmp_path):
-    path = tmp_path / "events.jsonl"
+    """A long job's log (linear work: a quadratic compaction kept a cancelled job's thread busy for minutes)."""
+    path, n = tmp_path / "events.jsonl", 50_000
     events = [{"step": 0, "state": "running", "message": "started"}]
-    events += [{"step": i, "state": "running"} for i in range(1, 1001)] + [{"step": 1000, "state": "done"}]
+    events += [{"step": i, "state": "running"} for i in range(1, n + 1)] + [{"step": n, "state": "done"}]
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     compact_events(path, keep=10)
     kept = [json.loads(line) for line in path.read_text().splitlines()]
     assert kept[0]["message"] == "started" and kept[-1]["state"] == "done"
-    assert len(kept) <= 13 and kept[-2]["step"] == 1000
+    assert len(kept) <= 13 and kept[-2]["step"] == n
 
 
 def test_health_answers_before_old_jobs_are_resumed(tmp_path):
