@@ -15,13 +15,12 @@ import importlib
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from gradwire.bench.registry import WORKLOADS, Config, Row, row
-from gradwire.bench.timing import Contention, blas_info, busy_warning, format_table
+from .registry import WORKLOADS, Config, Row, row
+from .timing import Contention, blas_info, busy_warning, format_table
 
 # Each module registers its workloads on import; add one line per new module.
 WORKLOAD_MODULES = (
@@ -42,8 +41,8 @@ def load_workloads() -> dict:
     return WORKLOADS
 
 
-def _parser(names: list[str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gradwire bench", description=__doc__.split("\n\n")[0])
+def _parser(names: list[str], parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser_class(prog="gradwire bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", action="append", metavar="NAME", choices=names,
                    help=f"run only this workload (repeatable; choices: {', '.join(names)})")
     p.add_argument("--repeats", type=int, default=None, metavar="N",
@@ -72,12 +71,13 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parser_class=argparse.ArgumentParser) -> int:
+    """``gradwire bench`` (the command line passes its own parser class: one-line errors)."""
     workloads = load_workloads()
-    args = _parser(list(workloads)).parse_args(argv)
+    parser = _parser(list(workloads), parser_class)
+    args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
-        print("gradwire bench: --repeats must be >= 1", file=sys.stderr)
-        return 2
+        parser.error("--repeats must be >= 1")
     cfg = Config(
         repeats=args.repeats if args.repeats is not None else (3 if args.quick else 24),
         warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),

@@ -72,7 +72,7 @@ import warnings
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
-from gradwire.worker.frames import _varint  # the varint protobuf writes, as in the framer
+from ..worker.frames import _varint  # the varint protobuf writes, as in the framer
 
 KINDS = ("Compute", "RegisterGraph", "CreateSession", "SubmitJob")
 STREAMING = frozenset({"CreateSession", "SubmitJob"})
@@ -300,11 +300,11 @@ class Target:
 
     def __init__(self, workdir: Path, real_pools: bool = False, hang_seconds: float = 10.0,
                  rss_cap_mb: float | None = None):
-        from gradwire.protos import gradwire_pb2 as pb
-        from gradwire.server import servicer as servicer_module
-        from gradwire.server.app import GradwireServer
-        from gradwire.server.config import ServerConfig
-        from gradwire.worker import frames
+        from ..protos import gradwire_pb2 as pb
+        from ..server import servicer as servicer_module
+        from ..server.app import GradwireServer
+        from ..server.config import ServerConfig
+        from ..worker import frames
 
         self.pb, self.frames = pb, frames
         import dataclasses
@@ -492,7 +492,7 @@ class Target:
                             f"{self.admission.max_concurrent - free_slots} slot(s) are still held")
 
     def _check_job_errors(self, data: bytes, kind: str, status: str) -> None:
-        from gradwire.server.status import status_for
+        from ..server.status import status_for
 
         for record in self.logged:
             exc = record.exc_info[1] if record.exc_info else None
@@ -508,7 +508,7 @@ class Target:
 def _tensors(response) -> dict:
     import numpy as np
 
-    from gradwire.worker.codec import dtype_from_proto
+    from ..worker.codec import dtype_from_proto
 
     out = {}
     for group in ("grads", "input_grads", "outputs"):
@@ -563,7 +563,7 @@ def seed_corpus() -> list[tuple[str, bytes]]:
 
 
 def _pb():
-    from gradwire.protos import gradwire_pb2 as pb
+    from ..protos import gradwire_pb2 as pb
 
     return pb
 
@@ -578,7 +578,7 @@ class Example:
     """A graph and data that fit it: the stuff of good requests."""
 
     def __init__(self, name: str, graph, params: dict, batch: dict):
-        from gradwire.worker.codec import graph_to_proto
+        from ..worker.codec import graph_to_proto
 
         self.name, self.params, self.batch = name, params, batch
         self.graph = graph_to_proto(graph.graph_def) if hasattr(graph, "graph_def") else graph
@@ -588,7 +588,7 @@ def _chunks(tensors: dict, pieces: int = 1) -> list:
     """``TensorChunk``s of whole tensors (or each cut into ``pieces`` pieces)."""
     import numpy as np
 
-    from gradwire.worker.codec import tensor_chunks
+    from ..worker.codec import tensor_chunks
 
     out = []
     for name, array in tensors.items():
@@ -786,7 +786,7 @@ def corpus() -> list[tuple[str, bytes]]:
                    pb.JobRequest(data=_chunks(ex.batch, 2))]
             out.append((f"good/{ex.name}/job", pack("SubmitJob", [m.SerializeToString() for m in job])))
     base = base_example()
-    from gradwire.worker.codec import graph_id_of_proto
+    from ..worker.codec import graph_id_of_proto
 
     base_id = graph_id_of_proto(base.graph)
     by_id = pb.ComputeRequest(header=pb.ComputeHeader(graph_id=base_id), params=_chunks(base.params),
@@ -1068,7 +1068,7 @@ class Mutator:
         if pick < 0.45 and self.names:
             return r.choice(self.names)
         if pick < 0.6:
-            from gradwire.worker.ops import OPS
+            from ..worker.ops import OPS
 
             return r.choice(list(OPS))
         if pick < 0.8:
@@ -1169,7 +1169,7 @@ class Mutator:
     # ------------------------------------------------------------ graphs
 
     def _graph(self, graph) -> None:
-        from gradwire.worker.ops import OPS
+        from ..worker.ops import OPS
 
         r = self.rng
         values = [s.name for s in graph.inputs] + [s.name for s in graph.params] + \
@@ -1307,7 +1307,7 @@ class Mutator:
         elif kind in ("Compute", "SubmitJob") and pick < 0.6:
             h.shards = r.choice((0, 1, 2, 3, 5, 8, 64, 2**32 - 1))
         elif pick < 0.75 and graph is not None:
-            from gradwire.worker.codec import graph_id_of_proto
+            from ..worker.codec import graph_id_of_proto
 
             h.graph_id = graph_id_of_proto(graph)  # the same graph, by id
         elif pick < 0.85 and kind != "SubmitJob":
@@ -1396,7 +1396,7 @@ class Mutator:
         for m in messages:
             graph = _graph_of(m)
             if graph is not None and graph.nodes:
-                from gradwire.worker.codec import graph_id_of_proto
+                from ..worker.codec import graph_id_of_proto
 
                 self.graphs.setdefault(graph_id_of_proto(graph), graph)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view as swv
 
-from gradwire.bench.registry import Config, Row, row, workload
-from gradwire.bench.timing import peak_memory, summarize
-from gradwire.bench.workloads_service import paired_ratio, scaled_repeats, timed
+from .registry import Config, Row, row, workload
+from .timing import peak_memory, summarize
+from .workloads_service import paired_ratio, scaled_repeats, timed
 
 NUMPY_TARGET, TORCH_TARGET = 1.1, 1.5
 

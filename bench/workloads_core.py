@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwire.bench.registry import Config, Row, row, workload
-from gradwire.bench.timing import (
+from .registry import Config, Row, row, workload
+from .timing import (
     blas_info,
     blas_threads,
     describe_pools,

@@ -64,10 +64,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before anythi
 
 import numpy as np  # noqa: E402
 
-from gradwire.bench.registry import Config, Row, row, workload  # noqa: E402
-from gradwire.bench.timing import median, round_orders, summarize, time_once  # noqa: E402
-from gradwire.bench.workloads_core import softmax_cross_entropy_numpy  # noqa: E402
-from gradwire.bench.workloads_service import ms_list, scaled_repeats, timed  # noqa: E402
+from .registry import Config, Row, row, workload  # noqa: E402
+from .timing import median, round_orders, summarize, time_once  # noqa: E402
+from .workloads_core import softmax_cross_entropy_numpy  # noqa: E402
+from .workloads_service import ms_list, scaled_repeats, timed  # noqa: E402
 
 NAME = "train_jobs"
 AUTO_TARGET = 0.7  # (a) job, placement auto: examples/s / the NumPy loop's, at least
@@ -105,14 +105,24 @@ def digits_data(seed: int = 0) -> tuple[dict[str, np.ndarray], str]:
         return {"x": x.astype(np.float32), "y": y.astype(np.int64)}, "synthetic (no scikit-learn), seed 0"
 
 
-def digits_model(seed: int = 0):
-    from gradwire.client.demo import mlp
+def _mlp(inputs: int, hidden: int, classes: int):
+    """relu MLP under softmax cross-entropy: the digits example's model."""
+    import gradwire as gw
 
+    g = gw.Graph()
+    x, y = g.input("x", shape=(None, inputs)), g.input("y", shape=(None,), dtype="int64")
+    w1, b1 = g.param("w1", shape=(inputs, hidden)), g.param("b1", shape=(hidden,))
+    w2, b2 = g.param("w2", shape=(hidden, classes)), g.param("b2", shape=(classes,))
+    g.set_loss(gw.softmax_cross_entropy(gw.relu(x @ w1 + b1) @ w2 + b2, y))
+    return g
+
+
+def digits_model(seed: int = 0):
     d0, d1, d2 = A_SIZES
     rng = np.random.default_rng(seed)
     params = {"w1": (rng.normal(size=(d0, d1)) * np.sqrt(2 / d0)).astype(np.float32), "b1": np.zeros(d1, np.float32),
               "w2": (rng.normal(size=(d1, d2)) * np.sqrt(1 / d1)).astype(np.float32), "b2": np.zeros(d2, np.float32)}
-    return mlp(d0, d1, d2), params
+    return _mlp(d0, d1, d2), params
 
 
 def tiny_model():
@@ -217,8 +227,8 @@ def torch_sgd_fn(params: dict, data: dict, batch: int, lr: float, seed: int = 0)
 def placement_support() -> dict[str, bool]:
     """Whether this checkout has a job placement setting: a ``ServerConfig.placement`` field
     (``--placement auto|ray|local``) and/or a ``placement`` argument of ``submit_job``."""
-    from gradwire.client.remote import Client
-    from gradwire.server.config import ServerConfig
+    from ..client.remote import Client
+    from ..server.config import ServerConfig
 
     return {"server": "placement" in {f.name for f in dataclasses.fields(ServerConfig)},
             "client": "placement" in inspect.signature(Client.submit_job).parameters}
@@ -282,7 +292,7 @@ class _Counters:
 
     def install_job_hook(self) -> bool:
         """After each step's event is logged, record (step, wall, cpu, bytes in, bytes out, io)."""
-        from gradwire.server import jobs as server_jobs
+        from ..server import jobs as server_jobs
 
         cls = getattr(server_jobs, "JobRun", None)
         emit = getattr(cls, "emit", None)
@@ -351,8 +361,8 @@ def _server_child() -> None:
     counters = _Counters()
     counted = counters.install_ray() if config.get("backend") == "ray" else False
     hooked = counters.install_job_hook()
-    from gradwire.server.app import create_server
-    from gradwire.server.config import ServerConfig
+    from ..server.app import create_server
+    from ..server.config import ServerConfig
 
     import tempfile
 
@@ -646,7 +656,7 @@ def _ideal_train_worker(conn, rank: int, n_workers: int, batch: int, names: dict
 
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from gradwire.bench.workloads_core import mlp_data, mlp_numpy
+    from .workloads_core import mlp_data, mlp_numpy
 
     limiter = threadpool_limits(limits=1)  # noqa: F841 - for the process's lifetime
     params0, data = mlp_data(batch, 0)
@@ -682,7 +692,7 @@ class IdealTrainPool:
         import multiprocessing as mp
         from multiprocessing import shared_memory
 
-        from gradwire.bench.workloads_core import mlp_data
+        from .workloads_core import mlp_data
 
         params0, _ = mlp_data(1, 0)
         self.lr = np.float32(lr)
@@ -1023,8 +1033,8 @@ def _a_block(cfg: Config, tmp: str, v: dict, graph, params0, data, tiny_graph, t
 
 def _part_b(cfg: Config, tmp: str) -> list[Row]:
     import gradwire as gw
-    from gradwire.bench.workloads_core import mlp_data, mlp_graph
-    from gradwire.bench.workloads_ray import worker_counts
+    from .workloads_core import mlp_data, mlp_graph
+    from .workloads_ray import worker_counts
 
     log = cfg.log
     batch = B_QUICK_BATCH if cfg.quick else B_BATCH
@@ -1044,7 +1054,7 @@ def _part_b(cfg: Config, tmp: str) -> list[Row]:
     data_path = data_dir / "mlp.npz"
     np.savez(data_path, **data)
     del data
-    from gradwire.server.config import ServerConfig
+    from ..server.config import ServerConfig
 
     roots = {"data_roots": str(data_dir)} if "data_roots" in {f.name for f in dataclasses.fields(ServerConfig)} else {}
     param_bytes = sum(p.nbytes for p in params0.values())

@@ -28,9 +28,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before anythi
 
 import numpy as np  # noqa: E402
 
-from gradwire.bench.registry import Config, Row, row, workload  # noqa: E402
-from gradwire.bench.timing import median, summarize  # noqa: E402
-from gradwire.bench.workloads_service import (  # noqa: E402
+from .registry import Config, Row, row, workload  # noqa: E402
+from .timing import median, summarize  # noqa: E402
+from .workloads_service import (  # noqa: E402
     cpu_of,
     fmt_phases,
     gradwire_server,
@@ -81,7 +81,7 @@ RAY_MLP_REPEATS = 10
 def ray_mlp(cfg: Config) -> list[Row]:
     """MLP step through a Ray-backend server (2 workers, 1 BLAS thread each) vs gw.local()."""
     import gradwire as gw
-    from gradwire.bench.workloads_core import MLP_BATCH, MLP_QUICK_BATCH, mlp_data, mlp_graph
+    from .workloads_core import MLP_BATCH, MLP_QUICK_BATCH, mlp_data, mlp_graph
 
     n = MLP_QUICK_BATCH if cfg.quick else MLP_BATCH
     workers, threads = 2, 2
@@ -157,8 +157,8 @@ def _ideal_worker(conn, rank: int, n_workers: int, n: int, seed: int) -> None:
     import numpy  # noqa: F401 - load BLAS before limiting it
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from gradwire.bench.workloads_core import mlp_data, mlp_numpy
-    from gradwire.worker.shards import shard_bounds
+    from .workloads_core import mlp_data, mlp_numpy
+    from ..worker.shards import shard_bounds
 
     limiter = threadpool_limits(limits=1)  # noqa: F841 - kept for the process's lifetime
     params, batch = mlp_data(n, seed)
@@ -233,7 +233,7 @@ class IdealPool:
 def ray_scaling(cfg: Config) -> list[Row]:
     """examples/s of MLP steps vs worker count, against N plain NumPy processes."""
     import gradwire as gw
-    from gradwire.bench.workloads_core import MLP_BATCH, MLP_QUICK_BATCH, mlp_data, mlp_graph, mlp_numpy
+    from .workloads_core import MLP_BATCH, MLP_QUICK_BATCH, mlp_data, mlp_graph, mlp_numpy
 
     n = MLP_QUICK_BATCH if cfg.quick else MLP_BATCH
     counts = worker_counts()
@@ -325,6 +325,6 @@ def ray_scaling(cfg: Config) -> list[Row]:
 
 
 def _bounds(n: int, workers: int):
-    from gradwire.worker.shards import shard_bounds
+    from ..worker.shards import shard_bounds
 
     return shard_bounds(n, workers)

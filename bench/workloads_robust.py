@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from gradwire.bench.registry import Config, Row, row, workload
-from gradwire.bench.timing import median, percentile, round_orders, summarize
+from .registry import Config, Row, row, workload
+from .timing import median, percentile, round_orders, summarize
 
 BASELINE_ENV = "GRADWIRE_BENCH_BASELINE_TREE"
 CANDIDATE_ENV = "GRADWIRE_BENCH_CANDIDATE_TREE"
@@ -130,8 +130,8 @@ class ChildServer:
     def __init__(self, kind: str):
         import grpc
 
-        from gradwire.server.app import channel_options
-        from gradwire.server.config import ServerConfig
+        from ..server.app import channel_options
+        from ..server.config import ServerConfig
 
         if kind not in self.KINDS:
             raise ValueError(f"unknown kind {kind!r}")
@@ -154,10 +154,10 @@ class ChildServer:
         import grpc
         import grpc.aio
 
-        from gradwire.bench.workloads_service import floor_compute, plain_server
-        from gradwire.protos import gradwire_pb2 as pb
-        from gradwire.server.app import channel_options
-        from gradwire.server.config import ServerConfig
+        from .workloads_service import floor_compute, plain_server
+        from ..protos import gradwire_pb2 as pb
+        from ..server.app import channel_options
+        from ..server.config import ServerConfig
 
         config = ServerConfig()
         if kind == "floor_sync":
@@ -247,7 +247,7 @@ AIO_LATENCY_CALLS = 400
 def aio_latency(cfg: Config) -> list[Row]:
     """Tiny graph p50 through the aio server (and optionally the threaded one) vs a bare echo."""
     import gradwire as gw
-    from gradwire.bench.workloads_service import BareGrpc, _raw_compute, ms_list, paired_ratio, scaled_repeats, \
+    from .workloads_service import BareGrpc, _raw_compute, ms_list, paired_ratio, scaled_repeats, \
         seed_graph, timed
 
     calls = scaled_repeats(cfg, "aio_latency", AIO_LATENCY_CALLS, floor=30)
@@ -397,7 +397,7 @@ class _StalledStreams:
     async def _open(self, n: int, header) -> None:
         import grpc.aio
 
-        from gradwire.protos import gradwire_pb2_grpc as pb_grpc
+        from ..protos import gradwire_pb2_grpc as pb_grpc
 
         if self.channel is None:
             self.channel = grpc.aio.insecure_channel(self.address)
@@ -434,9 +434,9 @@ def stalled_streams(cfg: Config) -> list[Row]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from gradwire.bench.workloads_service import ms_list, scaled_repeats, seed_graph
-    from gradwire.protos import gradwire_pb2 as pb
-    from gradwire.worker.codec import graph_to_proto
+    from .workloads_service import ms_list, scaled_repeats, seed_graph
+    from ..protos import gradwire_pb2 as pb
+    from ..worker.codec import graph_to_proto
 
     levels = (0, *(STALLED_QUICK_LEVELS if cfg.quick else STALLED_LEVELS))
     blocks = 1 if cfg.quick else STALLED_BLOCKS
@@ -524,8 +524,8 @@ def _heavy_request(layers: int, width: int, n: int):
     request carrying ``layers`` weights and an ``n x width`` batch, as the test's, took longer
     than the deadline to upload when other processes used the CPUs)."""
     import gradwire as gw
-    from gradwire.protos import gradwire_pb2 as pb
-    from gradwire.worker.codec import graph_to_proto, tensor_chunks
+    from ..protos import gradwire_pb2 as pb
+    from ..worker.codec import graph_to_proto, tensor_chunks
 
     def whole(name, array):
         return next(tensor_chunks(name, np.asarray(array), 1 << 30))
@@ -649,7 +649,7 @@ def deadline_idle(cfg: Config) -> list[Row]:
     """A long computation with a short deadline: time from the deadline to an idle server CPU."""
     import grpc
 
-    from gradwire.bench.workloads_service import scaled_repeats
+    from .workloads_service import scaled_repeats
 
     if not os.path.exists("/proc/self/stat"):
         return [row("deadline_idle/skipped", passed=None, notes="needs Linux /proc")]

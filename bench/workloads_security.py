@@ -10,9 +10,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from gradwire.bench.registry import Config, Row, row, workload
-from gradwire.bench.timing import summarize
-from gradwire.bench.workloads_service import paired_ratio, scaled_repeats, scaled_warmup, seed_graph, \
+from .registry import Config, Row, row, workload
+from .timing import summarize
+from .workloads_service import paired_ratio, scaled_repeats, scaled_warmup, seed_graph, \
     subprocess_server, timed
 
 TLS_TOKENS_TARGET = 1.3

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from gradwire.bench.registry import Config, Row, row, workload
-from gradwire.bench.timing import interleaved, median, summarize
+from .registry import Config, Row, row, workload
+from .timing import interleaved, median, summarize
 
 DEFAULT_REPEATS = 24  # the CLI's default --repeats; workloads scale their own defaults by it
 CHUNK = 4 << 20  # bytes per streamed message, as the SDK and the server use
@@ -85,8 +85,8 @@ def gradwire_server(**config: Any) -> Iterator[tuple[Any, str]]:
     """A started server on 127.0.0.1 (port 0) with ``ServerConfig(**config)`` and its own
     temporary job directory (so it never resumes another run's jobs); always stopped (which
     also shuts down a Ray it started itself), and the directory removed."""
-    from gradwire.server.app import create_server
-    from gradwire.server.config import ServerConfig
+    from ..server.app import create_server
+    from ..server.config import ServerConfig
 
     job_dir = tempfile.mkdtemp(prefix="gradwire-bench-jobs-")
     server = None
@@ -152,7 +152,7 @@ def plain_server(service: str, handlers: dict, max_message_bytes: int, max_worke
 
     import grpc
 
-    from gradwire.server.app import channel_options
+    from ..server.app import channel_options
 
     pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bare-rpc")
     server = grpc.server(pool, options=channel_options(max_message_bytes))
@@ -185,8 +185,8 @@ class BareGrpc:
 
         import grpc
 
-        from gradwire.server.app import channel_options
-        from gradwire.server.config import ServerConfig
+        from ..server.app import channel_options
+        from ..server.config import ServerConfig
 
         defaults = ServerConfig()
         max_message_bytes = max_message_bytes or defaults.max_message_bytes
@@ -308,9 +308,9 @@ def ms_list(seconds: list[float]) -> list[float]:
 def floor_compute():
     """The floor's ``Compute`` handler, ``compute(request, context) -> ComputeResponse``: look
     up (or build) the program, read the tensors, run the engine, answer loss and gradients."""
-    from gradwire.protos import gradwire_pb2 as pb
-    from gradwire.worker.codec import Assembler, graph_from_proto, graph_id_of_proto, one_message
-    from gradwire.worker.engine import Program
+    from ..protos import gradwire_pb2 as pb
+    from ..worker.codec import Assembler, graph_from_proto, graph_id_of_proto, one_message
+    from ..worker.engine import Program
 
     programs: dict[str, Program] = {}
 
@@ -342,8 +342,8 @@ def floor_server() -> Iterator[str]:
     Python, the NumPy engine) for a tiny request, which the real server's row can be read against."""
     import grpc
 
-    from gradwire.protos import gradwire_pb2 as pb
-    from gradwire.server.config import ServerConfig
+    from ..protos import gradwire_pb2 as pb
+    from ..server.config import ServerConfig
 
     compute = floor_compute()
     config = ServerConfig()
@@ -363,10 +363,10 @@ def _raw_compute(address: str, graph, params: dict, batch: dict):
     SDK's options: what is left of a client without the SDK's bookkeeping."""
     import grpc
 
-    from gradwire.protos import gradwire_pb2 as pb
-    from gradwire.server.app import channel_options
-    from gradwire.server.config import ServerConfig
-    from gradwire.worker.codec import graph_id_of_proto, graph_to_proto, one_message
+    from ..protos import gradwire_pb2 as pb
+    from ..server.app import channel_options
+    from ..server.config import ServerConfig
+    from ..worker.codec import graph_id_of_proto, graph_to_proto, one_message
 
     channel = grpc.insecure_channel(address, options=channel_options(ServerConfig().max_message_bytes))
     call = channel.unary_unary("/gradwire.v1.Gradwire/Compute", request_serializer=pb.ComputeRequest.SerializeToString,
@@ -503,7 +503,7 @@ SERVER_MLP_REPEATS = 12
 def server_mlp(cfg: Config) -> list[Row]:
     """The core MLP step through a local-backend server (sessions) vs gw.local()."""
     import gradwire as gw
-    from gradwire.bench.workloads_core import MLP_BATCH, MLP_QUICK_BATCH, mlp_data, mlp_graph
+    from .workloads_core import MLP_BATCH, MLP_QUICK_BATCH, mlp_data, mlp_graph
 
     n = MLP_QUICK_BATCH if cfg.quick else MLP_BATCH
     repeats = scaled_repeats(cfg, "server_mlp", SERVER_MLP_REPEATS)

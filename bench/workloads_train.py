@@ -22,10 +22,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before anythi
 
 import numpy as np  # noqa: E402
 
-from gradwire.bench.registry import Config, Row, row, workload  # noqa: E402
-from gradwire.bench.timing import median, summarize  # noqa: E402
-from gradwire.bench.workloads_core import softmax_cross_entropy_numpy  # noqa: E402
-from gradwire.bench.workloads_service import ms_list, paired_ratio, scaled_repeats, timed  # noqa: E402
+from .registry import Config, Row, row, workload  # noqa: E402
+from .timing import median, summarize  # noqa: E402
+from .workloads_core import softmax_cross_entropy_numpy  # noqa: E402
+from .workloads_service import ms_list, paired_ratio, scaled_repeats, timed  # noqa: E402
 
 TRAIN_TARGET = 0.7  # gradwire examples/s / hand-written NumPy examples/s, at least
 TRAIN_BATCH = 64
@@ -110,7 +110,7 @@ def train_digits(cfg: Config) -> list[Row]:
         return [row("train_digits/skipped", notes="examples/mlp.py and examples/digits.py not found")]
 
     import gradwire as gw
-    from gradwire.bench.workloads_ray import ray_server
+    from .workloads_ray import ray_server
 
     build, digits_split = _load_examples(directory)
     graph, params0 = build(seed=0)

@@ -1,18 +1,18 @@
 """The SDK: graph building, the local engine and (``connect``) the remote client."""
 
-from gradwire.client.graph import OP_FUNCTIONS, Graph, Value, call
-from gradwire.client.errors import (
+from .graph import OP_FUNCTIONS, Graph, Value, call
+from .errors import (
     Cancelled, DeadlineExceeded, GradwireError, Internal, InvalidGraph, NotFound, ResourceExhausted, Unavailable,
 )
-from gradwire.client.errors import PermissionDenied
-from gradwire.client.errors import Unauthenticated
-from gradwire.client.local import LocalEngine, local
-from gradwire.client.jobs import JobEvent, TrainingJob
-from gradwire.client.remote import Client, RemoteResult, Session, connect
-from gradwire.client.onnx_io import from_onnx, to_onnx  # needs the onnx extra only when called
-from gradwire.worker import optim
-from gradwire.worker.engine import ExecutionError, Result
-from gradwire.worker.validate import GraphError, LimitError
+from .errors import PermissionDenied
+from .errors import Unauthenticated
+from .local import LocalEngine, local
+from .jobs import JobEvent, TrainingJob
+from .remote import Client, RemoteResult, Session, connect
+from .onnx_io import from_onnx, to_onnx  # needs the onnx extra only when called
+from ..worker import optim
+from ..worker.engine import ExecutionError, Result
+from ..worker.validate import GraphError, LimitError
 
 globals().update(OP_FUNCTIONS)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import grpc
 
-from gradwire.worker.errors import (  # noqa: F401  (re-exported)
+from ..worker.errors import (  # noqa: F401  (re-exported)
     BY_STATUS, Cancelled, DeadlineExceeded, FailedPrecondition, GradwireError, Internal, InvalidGraph, NotFound,
     PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable,
 )
-from gradwire.worker import errors as _errors
+from ..worker import errors as _errors
 
 
 def from_status(code: grpc.StatusCode, message: str) -> GradwireError:

@@ -13,11 +13,11 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from gradwire.worker.graph import BATCH_REDUCTIONS, GraphDef, Node
-from gradwire.worker.lru import LruCache
-from gradwire.worker.ops import OPS, Op
-from gradwire.worker.spec import TensorSpec, as_dtype
-from gradwire.worker.validate import GraphError, infer
+from ..worker.graph import BATCH_REDUCTIONS, GraphDef, Node
+from ..worker.lru import LruCache
+from ..worker.ops import OPS, Op
+from ..worker.spec import TensorSpec, as_dtype
+from ..worker.validate import GraphError, infer
 
 
 class Value:
@@ -196,18 +196,18 @@ class Graph:
 
     # serialization lives in the codec; these are conveniences
     def to_bytes(self) -> bytes:
-        from gradwire.worker.codec import graph_to_proto
+        from ..worker.codec import graph_to_proto
         return graph_to_proto(self.graph_def).SerializeToString(deterministic=True)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Graph":
-        from gradwire.worker.codec import graph_from_bytes
+        from ..worker.codec import graph_from_bytes
         return cls.from_graph_def(graph_from_bytes(data))
 
     @classmethod
     def from_graph_def(cls, graph_def: GraphDef) -> "Graph":
         """A graph over ``graph_def``, which it takes over: change it through the graph from now on."""
-        from gradwire.worker.engine import Program
+        from ..worker.engine import Program
         graph = cls()
         graph._graph_def = graph_def
         graph._specs = dict(Program(graph_def).specs) if graph_def.loss else dict(graph_def.sources())
@@ -216,7 +216,7 @@ class Graph:
     @property
     def id(self) -> str:
         """The graph's content hash: its id on servers."""
-        from gradwire.worker.codec import graph_id
+        from ..worker.codec import graph_id
         return graph_id(self.graph_def)
 
 
@@ -241,7 +241,7 @@ class GraphCache(Generic[V]):
         if isinstance(graph, Graph):
             key, graph_def = (graph._token, graph._revision), graph.graph_def
             return self._items.get_or_make(key, lambda: self._make(graph_def))
-        from gradwire.worker.codec import graph_id
+        from ..worker.codec import graph_id
         return self._items.get_or_make(graph_id(graph), lambda: self._make(copy.deepcopy(graph)))
 
     def clear(self) -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from gradwire.client.errors import Cancelled, DeadlineExceeded, NotFound, Unavailable
-from gradwire.protos import gradwire_pb2 as pb
-from gradwire.worker.codec import assemble, stream_messages
-from gradwire.worker.optim import to_config
+from .errors import Cancelled, DeadlineExceeded, NotFound, Unavailable
+from ..protos import gradwire_pb2 as pb
+from ..worker.codec import assemble, stream_messages
+from ..worker.optim import to_config
 
 FINAL_STATES = ("done", "failed", "cancelled")
 

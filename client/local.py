@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from gradwire.client.graph import Graph, GraphCache
-from gradwire.worker.engine import Program, Result
-from gradwire.worker.graph import GraphDef
-from gradwire.worker.shards import run_sharded
+from .graph import Graph, GraphCache
+from ..worker.engine import Program, Result
+from ..worker.graph import GraphDef
+from ..worker.shards import run_sharded
 
 
 class LocalEngine:

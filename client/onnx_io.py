@@ -38,12 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from gradwire.client.graph import Graph, Value
-from gradwire.worker.graph import GraphDef
-from gradwire.worker.ops import OPS
-from gradwire.worker.ops.registry import broadcast_dims
-from gradwire.worker.spec import DTYPES, FLOAT_DTYPES, TensorSpec
-from gradwire.worker.validate import GraphError, infer, topological_order
+from .graph import Graph, Value
+from ..worker.graph import GraphDef
+from ..worker.ops import OPS
+from ..worker.ops.registry import broadcast_dims
+from ..worker.spec import DTYPES, FLOAT_DTYPES, TensorSpec
+from ..worker.validate import GraphError, infer, topological_order
 
 MIN_OPSET = 13
 EXPORT_OPSET = 21  # axes as inputs of every Reduce* (18), Gelu (20), GroupNormalization per channel (21)
@@ -1514,7 +1514,7 @@ def training_graph(model_or_path, loss: str, label: str = "y", output: str | Non
     ``LOSSES``, each a mean over the batch) of the model's output (its first, or ``output``)
     and a new batch input ``label`` (int64 class labels for the class losses, else shaped as
     the output)."""
-    import gradwire as gw
+    from .graph import OP_FUNCTIONS
 
     if loss not in LOSSES:
         raise GraphError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -1523,5 +1523,5 @@ def training_graph(model_or_path, loss: str, label: str = "y", output: str | Non
     prediction = graph.value(output or model.graph.output[0].name)
     labels = graph.input(label, (None,), "int64") if loss in ("softmax_cross_entropy", "nll_loss") else \
         graph.input(label, prediction.shape, prediction.dtype.name)
-    graph.set_loss(getattr(gw, loss)(prediction, labels))
+    graph.set_loss(OP_FUNCTIONS[loss](prediction, labels))
     return graph, params

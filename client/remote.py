@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from gradwire.client.errors import NotFound
-from gradwire.client.graph import Graph, GraphCache
-from gradwire.client.transport import DEFAULT_MAX_MESSAGE_BYTES, TlsOptions, Transport
-from gradwire.protos import gradwire_pb2 as pb
-from gradwire.worker.codec import (
+from .errors import NotFound
+from .graph import Graph, GraphCache
+from .transport import DEFAULT_MAX_MESSAGE_BYTES, TlsOptions, Transport
+from ..protos import gradwire_pb2 as pb
+from ..worker.codec import (
     DEFAULT_CHUNK_BYTES, Assembler, assemble, graph_id_of_proto, graph_to_proto, one_message, stream_messages,
 )
-from gradwire.worker.engine import Result
-from gradwire.worker.graph import GraphDef
+from ..worker.engine import Result
+from ..worker.graph import GraphDef
 
 
 @dataclass
@@ -204,10 +204,10 @@ class Client:
         ``graph`` may be an ONNX model (a path ending in .onnx or a ModelProto) with ``loss`` chosen
         by name on its output and the batch input ``label``; then ``params`` may be None (its
         initializers)."""
-        from gradwire.client.jobs import submit_job
+        from .jobs import submit_job
 
         if loss is not None:
-            from gradwire.client.onnx_io import training_graph
+            from .onnx_io import training_graph
 
             graph, initializers = training_graph(graph, loss, label)
             params = initializers if params is None else params
@@ -215,11 +215,11 @@ class Client:
                           shards, name, placement or self.placement)
 
     def job(self, job_id: str):
-        from gradwire.client.jobs import TrainingJob
+        from .jobs import TrainingJob
         return TrainingJob(self, job_id)
 
     def jobs(self) -> list[dict[str, Any]]:
-        from gradwire.client.jobs import list_jobs
+        from .jobs import list_jobs
         return list_jobs(self)
 
     @property

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from gradwire.client.errors import DeadlineExceeded, GradwireError, from_status
-from gradwire.protos import gradwire_pb2 as pb
-from gradwire.worker import frames
+from .errors import DeadlineExceeded, GradwireError, from_status
+from ..protos import gradwire_pb2 as pb
+from ..worker import frames
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 

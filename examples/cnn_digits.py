@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import gradwire as gw
-from gradwire.client.train_cli import follow, server_address
+from gradwire.cli.train import follow, server_address
 from digits import accuracy, digits_split  # examples/digits.py, beside this file
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import gradwire as gw
-from gradwire.client.train_cli import follow, load_model, server_address
+from gradwire.cli.train import follow, load_model, server_address
 
 
 def digits_split(seed: int = 0, test_fraction: float = 0.2):

@@ -19,10 +19,10 @@ from __future__ import annotations
 import threading
 import time
 
-from gradwire.server.status import Overloaded
-from gradwire.worker.budget import fmt_bytes
-from gradwire.worker.cancel import Cancelled, CancelToken
-from gradwire.worker.validate import LimitError
+from .status import Overloaded
+from ..worker.budget import fmt_bytes
+from ..worker.cancel import Cancelled, CancelToken
+from ..worker.validate import LimitError
 
 
 class MemoryBudget:

@@ -13,16 +13,16 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from gradwire.protos import gradwire_pb2 as pb
-from gradwire.server.admission import Admission
-from gradwire.server.auth import AuthInterceptor, Authenticator, method_kinds
-from gradwire.server.backend import Backend, LocalBackend
-from gradwire.server.config import ServerConfig
-from gradwire.server.jobs import JobManager
-from gradwire.server.security import server_credentials, warn_if_exposed
-from gradwire.server.servicer import GradwireServicer
-from gradwire.server.store import GraphStore, SessionStore
-from gradwire.worker import frames
+from ..protos import gradwire_pb2 as pb
+from .admission import Admission
+from .auth import AuthInterceptor, Authenticator, method_kinds
+from .backend import Backend, LocalBackend
+from .config import ServerConfig
+from .jobs import JobManager
+from .security import server_credentials, warn_if_exposed
+from .servicer import GradwireServicer
+from .store import GraphStore, SessionStore
+from ..worker import frames
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gradwire"].full_name
 log = logging.getLogger("gradwire.server")
@@ -67,7 +67,7 @@ def add_servicer(servicer: GradwireServicer, server) -> None:
 
 def _metrics():
     try:
-        from gradwire.server.metrics import Metrics
+        from .metrics import Metrics
     except ImportError:
         raise ValueError("--metrics-port needs prometheus_client: pip install 'gradwire[metrics]'") from None
     return Metrics()
@@ -100,7 +100,7 @@ def make_backend(config: ServerConfig) -> Backend:
     if config.backend == "local":
         return LocalBackend()
     if config.backend == "ray":
-        from gradwire.server.ray_backend import RayBackend
+        from .ray_backend import RayBackend
         return RayBackend(config)
     raise ValueError(f"unknown backend {config.backend!r}; expected 'local' or 'ray'")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from gradwire.server.status import Unauthenticated
+from .status import Unauthenticated
 
 log = logging.getLogger("gradwire.server")
 

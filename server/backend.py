@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-from gradwire.server.driver import Computation, Outcome, drive
-from gradwire.server.job_steps import LocalSteps, StepPlan, Steps
-from gradwire.server.placement import LOCAL
-from gradwire.worker.cancel import CancelToken
-from gradwire.worker.engine import Result
-from gradwire.worker.shards import Shard, run_block
+from .driver import Computation, Outcome, drive
+from .job_steps import LocalSteps, StepPlan, Steps
+from .placement import LOCAL
+from ..worker.cancel import CancelToken
+from ..worker.engine import Result
+from ..worker.shards import Shard, run_block
 
 
 class Backend(Protocol):

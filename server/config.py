@@ -6,10 +6,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, fields
 
-from gradwire.server.admission import physical_memory
-from gradwire.server.job_store import default_job_dir
-from gradwire.worker.codec import DEFAULT_CHUNK_BYTES
-from gradwire.worker.validate import Limits
+from .admission import physical_memory
+from .job_store import default_job_dir
+from ..worker.codec import DEFAULT_CHUNK_BYTES
+from ..worker.validate import Limits
 
 
 @dataclass

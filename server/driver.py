@@ -20,11 +20,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gradwire.server.status import DeadlineExceeded, WorkersUnavailable
-from gradwire.server.store import Registered
-from gradwire.worker.cancel import Cancelled, CancelToken
-from gradwire.worker.engine import Result
-from gradwire.worker.shards import (
+from .status import DeadlineExceeded, WorkersUnavailable
+from .store import Registered
+from ..worker.cancel import Cancelled, CancelToken
+from ..worker.engine import Result
+from ..worker.shards import (
     Shard, aligned_blocks, combine, plan_rows, plan_shards, shard_batch, unshardable_fetch)
 
 

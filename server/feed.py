@@ -17,10 +17,10 @@ import threading
 
 import numpy as np
 
-from gradwire.server.status import DeadlineExceeded
-from gradwire.worker.codec import Assembler
-from gradwire.worker.spec import TensorSpec
-from gradwire.worker.validate import GraphError
+from .status import DeadlineExceeded
+from ..worker.codec import Assembler
+from ..worker.spec import TensorSpec
+from ..worker.validate import GraphError
 
 
 class RequestStream:

@@ -16,22 +16,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradwire.protos import gradwire_pb2 as pb
-from gradwire.server.admission import Holdings
-from gradwire.server.auth import DEFAULT_TENANT
-from gradwire.server.backend import Backend
-from gradwire.server.driver import Computation, Outcome
-from gradwire.server.config import ServerConfig
-from gradwire.server.feed import BatchFeed
-from gradwire.server.placement import check_placement, shards_by_cost
-from gradwire.server.store import GraphStore, Registered, Session, SessionStore
-from gradwire.worker.budget import Budget, check, estimate
-from gradwire.worker.cancel import CancelToken
-from gradwire.worker.codec import graph_id_of_proto, one_message, stream_messages
-from gradwire.worker.engine import ExecutionError
-from gradwire.worker.frames import Outgoing
-from gradwire.worker.shards import batch_size
-from gradwire.worker.validate import GraphError
+from ..protos import gradwire_pb2 as pb
+from .admission import Holdings
+from .auth import DEFAULT_TENANT
+from .backend import Backend
+from .driver import Computation, Outcome
+from .config import ServerConfig
+from .feed import BatchFeed
+from .placement import check_placement, shards_by_cost
+from .store import GraphStore, Registered, Session, SessionStore
+from ..worker.budget import Budget, check, estimate
+from ..worker.cancel import CancelToken
+from ..worker.codec import graph_id_of_proto, one_message, stream_messages
+from ..worker.engine import ExecutionError
+from ..worker.frames import Outgoing
+from ..worker.shards import batch_size
+from ..worker.validate import GraphError
 
 
 @dataclass

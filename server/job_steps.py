@@ -19,11 +19,11 @@ from typing import Protocol
 
 import numpy as np
 
-from gradwire.server.driver import Computation, Outcome, Pool, drive
-from gradwire.server.placement import Placement
-from gradwire.server.store import Registered
-from gradwire.worker.cancel import CancelToken
-from gradwire.worker.jobdata import BatchOrder, gather
+from .driver import Computation, Outcome, Pool, drive
+from .placement import Placement
+from .store import Registered
+from ..worker.cancel import CancelToken
+from ..worker.jobdata import BatchOrder, gather
 
 
 PREFETCH_BYTES = 256 << 10  # a step's rows from which gathering them ahead pays (measured: a hand-off ~50 µs)

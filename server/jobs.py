@@ -30,21 +30,21 @@ from pathlib import Path
 
 import numpy as np
 
-from gradwire.protos import gradwire_pb2 as pb
-from gradwire.server.admission import Admission
-from gradwire.server.auth import DEFAULT_TENANT
-from gradwire.server.backend import Backend
-from gradwire.server.placement import check_placement, shards_by_cost
-from gradwire.server.job_steps import StepPlan, Steps
-from gradwire.server.job_store import compact_events, lock_job_dir, prune_finished
-from gradwire.server.status import JobNotDone, NotFound, PermissionDenied, StillResuming
-from gradwire.server.store import GraphStore, Registered, check_params, new_id
-from gradwire.worker.cancel import CancelToken
-from gradwire.worker.optim import from_config, optimizer_from_json
-from gradwire.worker.budget import estimate
-from gradwire.worker.jobdata import BatchOrder
-from gradwire.worker.spec import TensorSpec
-from gradwire.worker.validate import GraphError, LimitError, infer
+from ..protos import gradwire_pb2 as pb
+from .admission import Admission
+from .auth import DEFAULT_TENANT
+from .backend import Backend
+from .placement import check_placement, shards_by_cost
+from .job_steps import StepPlan, Steps
+from .job_store import compact_events, lock_job_dir, prune_finished
+from .status import JobNotDone, NotFound, PermissionDenied, StillResuming
+from .store import GraphStore, Registered, check_params, new_id
+from ..worker.cancel import CancelToken
+from ..worker.optim import from_config, optimizer_from_json
+from ..worker.budget import estimate
+from ..worker.jobdata import BatchOrder
+from ..worker.spec import TensorSpec
+from ..worker.validate import GraphError, LimitError, infer
 
 log = logging.getLogger("gradwire.server")
 FINAL_STATES = ("done", "failed", "cancelled")

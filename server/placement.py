@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradwire.worker.validate import GraphError
+from ..worker.validate import GraphError
 
 MODES = ("auto", "ray", "local")
 # a step on Ray costs more than a bare round trip: the parameters' put, one task per worker,

@@ -34,15 +34,15 @@ import ray  # noqa: E402
 from ray.exceptions import (  # noqa: E402
     GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError, WorkerCrashedError)
 
-from gradwire.server.backend import LocalBackend  # noqa: E402
-from gradwire.server.driver import Computation, Outcome, WorkerLost, drive  # noqa: E402
-from gradwire.server.job_steps import LocalSteps, StepPlan, Steps  # noqa: E402
-from gradwire.server.placement import Placement, Planner, measure_flops_per_ms, measure_round_trip_ms  # noqa: E402
-from gradwire.server.config import ServerConfig  # noqa: E402
-from gradwire.worker.cancel import Cancelled, CancelToken  # noqa: E402
-from gradwire.worker.ray_worker import ShardWorker, Stopped  # noqa: E402
-from gradwire.worker.lru import LruCache  # noqa: E402
-from gradwire.worker.validate import GraphError  # noqa: E402
+from .backend import LocalBackend  # noqa: E402
+from .driver import Computation, Outcome, WorkerLost, drive  # noqa: E402
+from .job_steps import LocalSteps, StepPlan, Steps  # noqa: E402
+from .placement import Placement, Planner, measure_flops_per_ms, measure_round_trip_ms  # noqa: E402
+from .config import ServerConfig  # noqa: E402
+from ..worker.cancel import Cancelled, CancelToken  # noqa: E402
+from ..worker.ray_worker import ShardWorker, Stopped  # noqa: E402
+from ..worker.lru import LruCache  # noqa: E402
+from ..worker.validate import GraphError  # noqa: E402
 
 log = logging.getLogger("gradwire.server")
 _LOST = (RayActorError, WorkerCrashedError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError,

@@ -21,25 +21,25 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from gradwire.protos import gradwire_pb2 as pb
-from gradwire.protos import gradwire_pb2_grpc as pb_grpc
-from gradwire.server import gradients
-from gradwire.server.admission import Admission, Holdings, monotonic_deadline
-from gradwire.server.auth import DEFAULT_TENANT, Authenticator
-from gradwire.server.backend import Backend
-from gradwire.server.config import ServerConfig
-from gradwire.server.feed import BatchFeed, RequestStream, require_header
-from gradwire.server.jobs import JobManager
-from gradwire.server.status import JobNotDone, status_for
-from gradwire.server.store import GraphStore, SessionStore
-from gradwire.worker.budget import check, static_estimate
-from gradwire.worker.cancel import CancelToken
-from gradwire.worker.codec import Assembler, stream_messages
-from gradwire.worker.ops import OPS
-from gradwire.worker.validate import GraphError
+from ..protos import gradwire_pb2 as pb
+from ..protos import gradwire_pb2_grpc as pb_grpc
+from . import gradients
+from .admission import Admission, Holdings, monotonic_deadline
+from .auth import DEFAULT_TENANT, Authenticator
+from .backend import Backend
+from .config import ServerConfig
+from .feed import BatchFeed, RequestStream, require_header
+from .jobs import JobManager
+from .status import JobNotDone, status_for
+from .store import GraphStore, SessionStore
+from ..worker.budget import check, static_estimate
+from ..worker.cancel import CancelToken
+from ..worker.codec import Assembler, stream_messages
+from ..worker.ops import OPS
+from ..worker.validate import GraphError
 
 if TYPE_CHECKING:  # prometheus_client is optional: imported only with --metrics-port
-    from gradwire.server.metrics import Metrics
+    from .metrics import Metrics
 
 log = logging.getLogger("gradwire.server")
 _LABEL = re.compile(r"[A-Za-z0-9_.:-]{1,64}")

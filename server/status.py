@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import grpc
 
-from gradwire.worker import errors
-from gradwire.worker.cancel import Cancelled
+from ..worker import errors
+from ..worker.cancel import Cancelled
 
 
 class NotFound(errors.NotFound):

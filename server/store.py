@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradwire.protos import gradwire_pb2 as pb
-from gradwire.server.auth import DEFAULT_TENANT
-from gradwire.server.status import NotFound
-from gradwire.worker.codec import graph_from_proto, graph_id_of_proto
-from gradwire.worker.engine import Program
-from gradwire.worker.lru import LruCache
-from gradwire.worker.validate import GraphError, Limits
+from ..protos import gradwire_pb2 as pb
+from .auth import DEFAULT_TENANT
+from .status import NotFound
+from ..worker.codec import graph_from_proto, graph_id_of_proto
+from ..worker.engine import Program
+from ..worker.lru import LruCache
+from ..worker.validate import GraphError, Limits
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def test_path_datasets_are_off_without_roots(start_server, layout):
 
 
 def test_the_cli_takes_repeated_data_roots():
-    from gradwire.server.cli import build_parser
+    from gradwire.cli.serve import build_parser
 
     args = build_parser().parse_args(["--data-root", "/a", "--data-root", "/b"])
     assert args.data_roots == ["/a", "/b"]

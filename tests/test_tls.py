@@ -102,7 +102,7 @@ def test_leaving_loopback_without_tls_and_tokens_warns(caplog):
 
 
 def test_serve_offers_the_tls_flags():
-    from gradwire.server.cli import build_parser
+    from gradwire.cli.serve import build_parser
 
     text = build_parser().format_help()
     for flag in ("--tls-cert", "--tls-key", "--tls-client-ca", "--insecure"):

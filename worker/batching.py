@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gradwire.worker.spec import TensorSpec
+from .spec import TensorSpec
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def loss_batching(graph, order, specs, attrs, ops) -> LossBatching:
 def analyse(program) -> LossBatching:
     """``program``'s loss decomposition; a declared ``batch_reduction`` that contradicts a
     derived one is refused (``GraphError``). A loss that must run whole accepts either."""
-    from gradwire.worker.validate import GraphError  # validate imports the op table, which imports this
+    from .validate import GraphError  # validate imports the op table, which imports this
 
     graph = program.graph
     lb = loss_batching(graph, program.order, program.specs, program.attrs, program.ops)

@@ -35,10 +35,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gradwire.worker.engine import Program, _remember
-from gradwire.worker.ops import Op
-from gradwire.worker.spec import TensorSpec, num_elements
-from gradwire.worker.validate import LimitError
+from .engine import Program, _remember
+from .ops import Op
+from .spec import TensorSpec, num_elements
+from .validate import LimitError
 
 WORKSPACE = 3  # operand-sized temporaries a kernel or VJP may hold besides its result
 BACKWARD_FLOPS = 2  # a VJP costs about twice its forward: one product per input

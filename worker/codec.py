@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradwire.protos import gradwire_pb2 as pb
-from gradwire.worker.frames import ALIGN, Outgoing, Piece
-from gradwire.worker.graph import GraphDef, Node
-from gradwire.worker.spec import DTYPES, TensorSpec, num_elements
-from gradwire.worker.validate import MAX_DIM, GraphError, LimitError, Limits
+from ..protos import gradwire_pb2 as pb
+from .frames import ALIGN, Outgoing, Piece
+from .graph import GraphDef, Node
+from .spec import DTYPES, TensorSpec, num_elements
+from .validate import MAX_DIM, GraphError, LimitError, Limits
 
 _TO_ENUM = {
     DTYPES["float32"]: pb.FLOAT32, DTYPES["float64"]: pb.FLOAT64,

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 import numpy as np
 
-from gradwire.worker.batching import analyse as analyse_batching
-from gradwire.worker.cancel import NEVER, CancelToken
-from gradwire.worker.graph import GraphDef
-from gradwire.worker.ops import OPS
-from gradwire.worker.spec import TensorSpec
-from gradwire.worker.validate import GraphError, Limits, check_outputs, infer, topological_order
+from .batching import analyse as analyse_batching
+from .cancel import NEVER, CancelToken
+from .graph import GraphDef
+from .ops import OPS
+from .spec import TensorSpec
+from .validate import GraphError, Limits, check_outputs, infer, topological_order
 
 
 class ExecutionError(GraphError):

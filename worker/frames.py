@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from gradwire.protos import gradwire_pb2 as pb
-from gradwire.worker.validate import GraphError
+from ..protos import gradwire_pb2 as pb
+from .validate import GraphError
 
 ALIGN = 16  # where tensor data starts in an encoded message (received bytes objects are 16-aligned too)
 SMALL_MESSAGE = 64 << 10  # bytes up to which a message is plain protobuf both ways (no framing)

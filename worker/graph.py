@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gradwire.worker.spec import TensorSpec
+from .spec import TensorSpec
 
 BATCH_REDUCTIONS = ("mean", "sum")
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from gradwire.worker.validate import GraphError
+from .validate import GraphError
 
 Arrays = dict[str, np.ndarray]
 

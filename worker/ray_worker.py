@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradwire.worker.cancel import Cancelled, CancelToken
-from gradwire.worker.codec import graph_from_bytes
-from gradwire.worker.engine import Program, Result
-from gradwire.worker.jobdata import BatchOrder, gather
-from gradwire.worker.lru import LruCache
-from gradwire.worker.shards import Shard, run_block
+from .cancel import Cancelled, CancelToken
+from .codec import graph_from_bytes
+from .engine import Program, Result
+from .jobdata import BatchOrder, gather
+from .lru import LruCache
+from .shards import Shard, run_block
 
 _JOBS_KEPT = 4  # datasets of this many training jobs stay on a worker
 _ONE_SHOT_SETS = 2  # a request's own parameter set serves only its tasks: keep the last few, not 16

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradwire.worker.engine import Program, Result
+from .engine import Program, Result
 
 
 def batch_size(program: Program, batch: dict[str, np.ndarray]) -> int | None:

@@ -8,10 +8,10 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from gradwire.worker.errors import InvalidGraph, ResourceExhausted
-from gradwire.worker.graph import BATCH_REDUCTIONS, GraphDef, Node
-from gradwire.worker.ops import OPS, Attr, ShapeError
-from gradwire.worker.spec import FLOAT_DTYPES, TensorSpec, num_elements
+from .errors import InvalidGraph, ResourceExhausted
+from .graph import BATCH_REDUCTIONS, GraphDef, Node
+from .ops import OPS, Attr, ShapeError
+from .spec import FLOAT_DTYPES, TensorSpec, num_elements
 
 
 GraphError = InvalidGraph  # the engine's name for it: a graph or request that cannot run

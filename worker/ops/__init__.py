@@ -4,11 +4,11 @@ To add an op, register it in one of the modules below (see ``registry`` for the 
 the engine, validator, wire format, SDK functions and registry-driven tests pick it up.
 """
 
-from gradwire.worker.ops import elementwise, reduce, shape  # noqa: F401  (registration)
-from gradwire.worker.ops import conv  # noqa: F401  (registration: conv2d, conv_transpose2d, pooling)
-from gradwire.worker.ops import norm  # noqa: F401  (registration: batch/layer/group/instance norm, dropout)
-from gradwire.worker.ops import math  # noqa: F401  (registration: comparisons, activations, reductions, gemm, einsum)
-from gradwire.worker.ops import indexing  # noqa: F401  (registration: gather, embedding, pad, split, ..., nll_loss)
-from gradwire.worker.ops.registry import OPS, Attr, Op, Sample, ShapeError, unbroadcast
+from . import elementwise, reduce, shape  # noqa: F401  (registration)
+from . import conv  # noqa: F401  (registration: conv2d, conv_transpose2d, pooling)
+from . import norm  # noqa: F401  (registration: batch/layer/group/instance norm, dropout)
+from . import math  # noqa: F401  (registration: comparisons, activations, reductions, gemm, einsum)
+from . import indexing  # noqa: F401  (registration: gather, embedding, pad, split, ..., nll_loss)
+from .registry import OPS, Attr, Op, Sample, ShapeError, unbroadcast
 
 __all__ = ["OPS", "Attr", "Op", "Sample", "ShapeError", "unbroadcast"]

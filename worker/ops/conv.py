@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from gradwire.worker import batching
-from gradwire.worker.ops.registry import (
+from .. import batching
+from .registry import (
     Attr,
     Op,
     Sample,
@@ -28,7 +28,7 @@ from gradwire.worker.ops.registry import (
     require_float,
     require_same_dtype,
 )
-from gradwire.worker.spec import TensorSpec, num_elements
+from ..spec import TensorSpec, num_elements
 
 AUTO_PAD = {0: "NOTSET", 1: "SAME_UPPER", 2: "SAME_LOWER", 3: "VALID"}
 

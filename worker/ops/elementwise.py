@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwire.worker import batching
-from gradwire.worker.ops.registry import (
+from .. import batching
+from .registry import (
     Attr,
     Op,
     Sample,
@@ -15,7 +15,7 @@ from gradwire.worker.ops.registry import (
     require_float,
     require_same_dtype,
 )
-from gradwire.worker.spec import DTYPES, TensorSpec
+from ..spec import DTYPES, TensorSpec
 
 # Test-input domains, by name, so each op states where its samples live.
 DOMAINS = {

@@ -14,8 +14,8 @@ import functools
 
 import numpy as np
 
-from gradwire.worker import batching
-from gradwire.worker.ops.registry import (
+from .. import batching
+from .registry import (
     Attr,
     Op,
     Sample,
@@ -28,15 +28,15 @@ from gradwire.worker.ops.registry import (
     require_same_dtype,
     unbroadcast,
 )
-from gradwire.worker.spec import DTYPES, INT_DTYPES, TensorSpec, num_elements
+from ..spec import DTYPES, INT_DTYPES, TensorSpec, num_elements
 
 
 @functools.lru_cache(maxsize=None)
 def str_attrs_supported() -> bool:
     """Whether the validator accepts attributes of kind ``"str"`` (samples and tests that
     need a non-default string attribute are enabled by it)."""
-    from gradwire.worker.graph import Node
-    from gradwire.worker.validate import GraphError, normalize_attrs
+    from ..graph import Node
+    from ..validate import GraphError, normalize_attrs
 
     try:
         normalize_attrs(Node("probe", "pad", ("x",), {"pads": [0, 0], "mode": "edge"}))

@@ -13,16 +13,16 @@ import string
 
 import numpy as np
 
-from gradwire.worker import batching
-from gradwire.worker.ops.elementwise import BINARY_SHAPES, sigmoid
-from gradwire.worker.ops.reduce import (
+from .. import batching
+from .elementwise import BINARY_SHAPES, sigmoid
+from .reduce import (
     REDUCE_ATTRS,
     _axis,
     _expand,
     _infer_reduce,
     _reduce_samples,
 )
-from gradwire.worker.ops.registry import (
+from .registry import (
     Attr,
     Op,
     Sample,
@@ -35,7 +35,7 @@ from gradwire.worker.ops.registry import (
     require_float,
     require_same_dtype,
 )
-from gradwire.worker.spec import DTYPES, FLOAT_DTYPES, INT_DTYPES, TensorSpec, num_elements
+from ..spec import DTYPES, FLOAT_DTYPES, INT_DTYPES, TensorSpec, num_elements
 
 BOOL = DTYPES["bool"]
 NUMERIC_DTYPES = FLOAT_DTYPES | INT_DTYPES

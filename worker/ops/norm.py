@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwire.worker import batching
-from gradwire.worker.ops.registry import (
+from .. import batching
+from .registry import (
     Attr,
     Op,
     Sample,
@@ -28,7 +28,7 @@ from gradwire.worker.ops.registry import (
     require_float,
     require_same_dtype,
 )
-from gradwire.worker.spec import INT_DTYPES, TensorSpec, num_elements
+from ..spec import INT_DTYPES, TensorSpec, num_elements
 
 
 def _standardize(x, axes, epsilon):

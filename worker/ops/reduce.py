@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwire.worker import batching
-from gradwire.worker.ops.elementwise import sigmoid
-from gradwire.worker.ops.indexing import (
+from .. import batching
+from .elementwise import sigmoid
+from .indexing import (
     LOSS_ATTRS,
     class_loss,
     class_loss_batch,
@@ -14,7 +14,7 @@ from gradwire.worker.ops.indexing import (
     class_loss_vjp,
     infer_class_loss,
 )
-from gradwire.worker.ops.registry import (
+from .registry import (
     Attr,
     Op,
     Sample,
@@ -26,7 +26,7 @@ from gradwire.worker.ops.registry import (
     require_float,
     require_same_dtype,
 )
-from gradwire.worker.spec import TensorSpec
+from ..spec import TensorSpec
 
 REDUCE_ATTRS = {"axis": Attr("axes", None), "keepdims": Attr("bool", False)}
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from gradwire.worker import batching
-from gradwire.worker.spec import FLOAT_DTYPES, TensorSpec
+from .. import batching
+from ..spec import FLOAT_DTYPES, TensorSpec
 
 
 class ShapeError(ValueError):

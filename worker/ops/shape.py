@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwire.worker import batching
-from gradwire.worker.ops.registry import (
+from .. import batching
+from .registry import (
     Attr,
     Op,
     Sample,
@@ -17,7 +17,7 @@ from gradwire.worker.ops.registry import (
     require_same_dtype,
     unbroadcast,
 )
-from gradwire.worker.spec import TensorSpec, num_elements
+from ..spec import TensorSpec, num_elements
 
 
 def _swap(x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 
 import gradwire as gw
-from gradwire.cli import ArgumentParser, UsageError
+from . import ArgumentParser, UsageError
 
 OPTIMIZERS = {"sgd": gw.optim.SGD, "adam": gw.optim.Adam, "adamw": gw.optim.AdamW}
 # the settings each optimizer takes beyond lr (the command line's names)

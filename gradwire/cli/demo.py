@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 import gradwire as gw
-from gradwire.cli import ArgumentParser, UsageError
+from . import ArgumentParser, UsageError
 
 
 def mlp(inputs: int = 64, hidden: int = 128, classes: int = 10) -> gw.Graph:

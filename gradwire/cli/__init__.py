@@ -12,13 +12,13 @@ import argparse
 import sys
 
 COMMANDS = {  # name: (module:function, what it does)
-    "serve": ("gradwire.server.cli:main", "run a coordinator: the gRPC server that computes gradients and runs jobs"),
-    "train": ("gradwire.client.train_cli:train_main",
+    "serve": ("gradwire.cli.serve:main", "run a coordinator: the gRPC server that computes gradients and runs jobs"),
+    "train": ("gradwire.cli.train:train_main",
               "train a model file on a .npz dataset as a server-side job (starts a server unless --server)"),
-    "jobs": ("gradwire.client.train_cli:jobs_main", "list, watch, cancel or remove the training jobs of a server"),
-    "demo": ("gradwire.client.demo:main",
+    "jobs": ("gradwire.cli.train:jobs_main", "list, watch, cancel or remove the training jobs of a server"),
+    "demo": ("gradwire.cli.demo:main",
              "start a server here, check its gradients against the local engine, train a few steps"),
-    "bench": ("gradwire.bench:main", "run the benchmarks: a table on stdout, JSON in a file"),
+    "bench": ("gradwire.cli.bench:main", "run the benchmarks: a table on stdout, JSON in a file"),
 }
 
 

@@ -10,7 +10,7 @@ import re
 import socket
 from dataclasses import fields
 
-from gradwire.cli import ArgumentParser, UsageError
+from . import ArgumentParser, UsageError
 from gradwire.server.config import ServerConfig
 
 CHOICES = {"backend": ["local", "ray"], "placement": ["auto", "ray", "local"]}
