@@ -85,3 +85,74 @@ def test_config_round_trip(name, settings):
 def test_bad_configs_are_named(config, message):
     with pytest.raises(ValueError, match=message):
         from_config(config)
+
+
+# ---------------------------------------------------------------- one registry
+
+
+@pytest.fixture
+def registered_rmsprop():
+    """A new optimizer added the one way there is: a registered dataclass in gw.optim's table."""
+    from dataclasses import dataclass
+
+    from gradwire.worker import optim
+
+    @optim.optimizer("rmsprop")
+    @dataclass(frozen=True)
+    class RMSprop:
+        lr: float = 1e-2
+        alpha: float = 0.99
+        centered: bool = False
+
+        def init(self, params):
+            return {"step": 0, "square": {k: np.zeros_like(v) for k, v in params.items()}}
+
+        def update(self, params, grads, state):
+            square = {k: self.alpha * state["square"][k] + (1 - self.alpha) * grads[k] ** 2 for k in params}
+            return ({k: p - self.lr * grads[k] / (np.sqrt(square[k]) + 1e-8) for k, p in params.items()},
+                    {"step": state["step"] + 1, "square": square})
+
+    yield RMSprop
+    del optim.OPTIMIZERS["rmsprop"]
+
+
+def test_a_registered_optimizer_reaches_configs_jobs_and_the_command_line(registered_rmsprop):
+    from gradwire.cli.train import make_optimizer, train_parser
+    from gradwire.worker.optim import optimizer_from_json, settings
+
+    assert settings("rmsprop") == {"lr": "number", "alpha": "number", "centered": "bool"}
+    opt = registered_rmsprop(lr=0.1, alpha=0.9, centered=True)
+    assert to_config(opt) == {"name": "rmsprop", "lr": 0.1, "alpha": 0.9, "centered": True}
+    assert from_config(to_config(opt)) == opt
+    assert optimizer_from_json('{"name": "rmsprop", "lr": 0.1, "alpha": 0.5}')["alpha"] == 0.5
+    with pytest.raises(gw.GraphError, match="rmsprop: centered must be true or false"):
+        optimizer_from_json('{"name": "rmsprop", "lr": 0.1, "centered": 1}')
+    args = train_parser().parse_args(["--model", "m.py", "--data", "d.npz", "--optimizer", "rmsprop", "--alpha", "0.5", "--centered"])
+    assert make_optimizer(args) == registered_rmsprop(lr=1e-3, alpha=0.5, centered=True)
+
+
+def test_every_registered_optimizer_round_trips_through_json_and_the_command_line():
+    import json
+
+    from gradwire.cli.train import make_optimizer, train_parser
+    from gradwire.worker.optim import OPTIMIZERS, optimizer_from_json
+
+    assert set(OPTIMIZERS) == {"sgd", "adam", "adamw"}
+    for name, cls in OPTIMIZERS.items():
+        opt = cls(lr=0.25)
+        assert from_config(optimizer_from_json(json.dumps(to_config(opt)))) == opt
+        assert make_optimizer(train_parser().parse_args(["--model", "m.py", "--data", "d.npz", "--optimizer", name, "--lr", "0.25"])) == opt
+    assert gw.optim.AdamW(lr=0.1).weight_decay == 0.01 and "decoupled" not in to_config(gw.optim.AdamW(lr=0.1))
+
+
+def test_an_optimizer_whose_settings_cannot_be_read_is_refused_at_registration():
+    from dataclasses import dataclass
+
+    from gradwire.worker import optim
+
+    with pytest.raises(TypeError, match="settings need an lr"):
+        @optim.optimizer("nolr")
+        @dataclass(frozen=True)
+        class NoLr:
+            steps: int = 1
+    assert "nolr" not in optim.OPTIMIZERS

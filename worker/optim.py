@@ -3,13 +3,17 @@
 server-side in training jobs (where its state is checkpointed) and client-side in a user's
 loop with ``gw.local()`` or ``gw.connect()``. Updates follow PyTorch's ``torch.optim``
 formulas step for step (tests compare in float64).
+
+One registry: an optimizer is a frozen dataclass registered with ``@optimizer("name")``. Its
+settings (a wire config's keys, their kinds, the flags of ``gradwire train``) are read from
+its fields, so adding one touches this file only.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -17,7 +21,29 @@ from .validate import GraphError
 
 Arrays = dict[str, np.ndarray]
 
+OPTIMIZERS: dict[str, type] = {}  # name (as in a config and on the command line) -> class
+# a field's annotation -> the kind of value a config gives it
+_KINDS = {"float": "number", "bool": "bool", "tuple[float, float]": "pair"}
 
+
+def optimizer(name: str):
+    """Register a frozen dataclass as the optimizer ``name``; its init fields are its settings."""
+    def register(cls):
+        kinds = {f.name: _KINDS.get(f.type) for f in fields(cls) if f.init}
+        if None in kinds.values() or "lr" not in kinds:
+            raise TypeError(f"optimizer {name}: settings need an lr and annotations among {sorted(_KINDS)}")
+        cls.NAME = name
+        OPTIMIZERS[name] = cls
+        return cls
+    return register
+
+
+def settings(name: str) -> dict[str, str]:
+    """The settings of a registered optimizer and their kinds ("number", "bool", "pair")."""
+    return {f.name: _KINDS[f.type] for f in fields(OPTIMIZERS[name]) if f.init}
+
+
+@optimizer("sgd")
 @dataclass(frozen=True)
 class SGD:
     lr: float
@@ -47,13 +73,14 @@ class SGD:
         return new_params, {"step": state["step"] + 1, "momentum": buffers}
 
 
+@optimizer("adam")
 @dataclass(frozen=True)
 class Adam:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
-    decoupled: bool = False  # AdamW: decay the weights directly instead of adding L2 to g
+    decoupled: bool = field(default=False, init=False, repr=False)  # AdamW's: not a setting
 
     def __post_init__(self):
         _check_positive(self, "lr")
@@ -86,29 +113,22 @@ class Adam:
         return new_params, {"step": step, "m": ms, "v": vs}
 
 
-def AdamW(lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2) -> Adam:
-    """Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``."""
-    return Adam(lr, betas, eps, weight_decay, decoupled=True)
-
-
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+@optimizer("adamw")
+@dataclass(frozen=True)
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``: the
+    weights decay directly instead of adding an L2 term to the gradient."""
+    weight_decay: float = 1e-2
+    decoupled: bool = field(default=True, init=False, repr=False)
 
 
 def to_config(opt) -> dict:
     """A plain description (JSON- and wire-safe) of an optimizer."""
-    name = "adamw" if isinstance(opt, Adam) and opt.decoupled else type(opt).__name__.lower()
-    config = asdict(opt)
-    config.pop("decoupled", None)
-    return {"name": name, **config}
+    return {"name": opt.NAME, **{key: getattr(opt, key) for key in settings(opt.NAME)}}
 
 
 # A job's optimizer config arrives as JSON text from a client: bound it before parsing.
 MAX_CONFIG_BYTES = 1 << 16
-
-# Each setting's kind; "betas" is a pair of numbers.
-_SETTINGS = {"sgd": {"lr": "number", "momentum": "number", "weight_decay": "number", "nesterov": "bool"},
-             "adam": {"lr": "number", "betas": "pair", "eps": "number", "weight_decay": "number"}}
-_SETTINGS["adamw"] = _SETTINGS["adam"]
 
 
 def optimizer_from_json(text: str | bytes) -> dict:
@@ -146,10 +166,10 @@ def from_config(config: dict):
     if not isinstance(name, str):
         raise ValueError(f"optimizer name must be a string, got {name!r}")
     name = name.lower()
-    factory = {"sgd": SGD, "adam": Adam, "adamw": AdamW}.get(name)
+    factory = OPTIMIZERS.get(name)
     if factory is None:
-        raise ValueError(f"unknown optimizer {name!r}; expected sgd, adam or adamw")
-    allowed = _SETTINGS[name]
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(sorted(OPTIMIZERS))}")
+    allowed = settings(name)
     unknown = sorted(set(config) - set(allowed))
     if unknown:
         raise ValueError(f"unknown {name} setting(s) {unknown}; allowed: {sorted(allowed)}")

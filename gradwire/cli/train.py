@@ -19,9 +19,7 @@ import numpy as np
 import gradwire as gw
 from . import ArgumentParser, UsageError
 
-OPTIMIZERS = {"sgd": gw.optim.SGD, "adam": gw.optim.Adam, "adamw": gw.optim.AdamW}
 # the settings each optimizer takes beyond lr (the command line's names)
-OPTIMIZER_SETTINGS = {"sgd": ("momentum", "weight_decay"), "adam": ("weight_decay",), "adamw": ("weight_decay",)}
 PROGRESS_EVERY = float(os.environ.get("GRADWIRE_PROGRESS_EVERY", "5"))  # seconds between lines when not a terminal
 RATE_AFTER = 1.0  # seconds watched before a rate is shown (a first rate over a few ms means nothing)
 FINAL_RATE_AFTER = 0.2  # the same for the line of the last step
@@ -60,19 +58,44 @@ def load_data(path: str, inputs) -> dict:
         raise UsageError(f"--data {path}: cannot read it as .npz: {exc}") from None
 
 
+def _optimizer_settings() -> dict[str, dict]:
+    """Every registered optimizer's setting but lr: ``{setting: {"kind": ..., "takers": [names]}}``."""
+    found: dict[str, dict] = {}
+    for name in sorted(gw.optim.OPTIMIZERS):
+        for setting, kind in gw.optim.settings(name).items():
+            if setting != "lr":
+                found.setdefault(setting, {"kind": kind, "takers": []})["takers"].append(name)
+    return found
+
+
+def add_optimizer_arguments(parser) -> None:
+    """--optimizer, --lr and one flag per setting of the registered optimizers (gw.optim)."""
+    parser.add_argument("--optimizer", default="adam", choices=sorted(gw.optim.OPTIMIZERS), help="update rule")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (> 0)")
+    every = len(gw.optim.OPTIMIZERS)
+    for setting, about in _optimizer_settings().items():
+        flag, pair = f"--{setting.replace('_', '-')}", about["kind"] == "pair"
+        scope = "" if len(about["takers"]) == every else f"{', '.join(about['takers'])} only; "
+        if about["kind"] == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=f"{scope}off unless given")
+        else:
+            parser.add_argument(flag, type=float, default=None, nargs=2 if pair else None,
+                                metavar=("B1", "B2") if pair else None, help=f"{scope}default: the optimizer's")
+
+
 def make_optimizer(args):
+    chosen = gw.optim.settings(args.optimizer)
     settings = {"lr": args.lr}
-    for name in ("momentum", "weight_decay"):
-        value = getattr(args, name)
+    for setting, about in _optimizer_settings().items():
+        value = getattr(args, setting)
         if value is None:
             continue
-        if name not in OPTIMIZER_SETTINGS[args.optimizer]:
-            takers = [o for o, names in OPTIMIZER_SETTINGS.items() if name in names]
-            raise UsageError(f"--{name.replace('_', '-')} is not a setting of --optimizer {args.optimizer} "
-                             f"(only of {', '.join(takers)})")
-        settings[name] = value
+        if setting not in chosen:
+            raise UsageError(f"--{setting.replace('_', '-')} is not a setting of --optimizer {args.optimizer} "
+                             f"(only of {', '.join(about['takers'])})")
+        settings[setting] = value
     try:
-        return OPTIMIZERS[args.optimizer](**settings)
+        return gw.optim.OPTIMIZERS[args.optimizer](**settings)
     except (ValueError, TypeError) as exc:  # e.g. a negative learning rate
         raise UsageError(f"--optimizer {args.optimizer}: {exc}") from None
 
@@ -211,11 +234,7 @@ def train_parser() -> ArgumentParser:
                         help="the server reads --data itself, under its --data-root (no upload)")
     parser.add_argument("--epochs", type=int, default=5, help="passes over the data")
     parser.add_argument("--batch-size", type=int, default=256, help="examples per step")
-    parser.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="update rule")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (> 0)")
-    parser.add_argument("--momentum", type=float, default=None, help="sgd only (default: 0)")
-    parser.add_argument("--weight-decay", type=float, default=None,
-                        help="L2 penalty (sgd, adam) or decoupled decay (adamw) (default: 0; adamw 0.01)")
+    add_optimizer_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="of build(seed) and of the batch order")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints on the server")
     parser.add_argument("--shards", type=int, default=0, help="micro-shards per step (0: the server's default plan)")
