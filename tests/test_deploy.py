@@ -6,7 +6,7 @@ schema kept in deploy/k8s/crds/ (jsonschema, unknown fields refused as `kubectl 
 does), compose is read as data, the Dockerfile is linted (hadolint where installed, and a
 few checks of our own), and deploy/entrypoint.sh runs for real as local processes on
 127.0.0.1: the coordinator role with the local backend answers SERVING through the gRPC
-health service and stops on SIGTERM; the Ray roles run against a stand-in `ray` (the suite
+health service, serves Prometheus metrics on GRADWIRE_METRICS_PORT and stops on SIGTERM; the Ray roles run against a stand-in `ray` (the suite
 shares one Ray session, so no Ray cluster is started here)."""
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -71,7 +74,8 @@ def test_deployment_probes_security_and_service():
     pod = m["Deployment"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     port = int(_env(c)["GRADWIRE_PORT"]["value"])
-    assert [p["containerPort"] for p in c["ports"]] == [port]
+    metrics_port = int(_env(c)["GRADWIRE_METRICS_PORT"]["value"])
+    assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("grpc", port), ("metrics", metrics_port)]
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["grpc"]["port"] == port, probe  # Kubernetes' native gRPC health probe
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
@@ -81,7 +85,7 @@ def test_deployment_probes_security_and_service():
     svc = m["Service"]["spec"]
     assert svc["type"] == "ClusterIP"
     assert svc["selector"] == m["Deployment"]["spec"]["selector"]["matchLabels"]
-    assert [p["port"] for p in svc["ports"]] == [port]
+    assert [(p["port"], p["targetPort"]) for p in svc["ports"]] == [(port, "grpc"), (metrics_port, "metrics")]
 
 
 def test_coordinator_joins_the_raycluster_with_its_token_secret():
@@ -183,7 +187,7 @@ def test_compose_services_health_checks_and_loopback_port():
         for port in s.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), (name, port)  # published on the host's loopback only
         assert name == "gradwire" or not s.get("ports"), name  # Ray's ports are not published
-    (published,) = services["gradwire"]["ports"]
+    published, _metrics = services["gradwire"]["ports"]
     assert published.rsplit(":", 1)[1] == coord["GRADWIRE_PORT"]
     assert compose["networks"]["ray"]["internal"] is True
 
@@ -234,14 +238,56 @@ def test_dockerfile_checks():
     assert any(w == "RUN" and re.search(r"pip install .*/tmp/gradwire-src", r) for w, r in ins)  # the checkout
     assert ("COPY", ". /tmp/gradwire-src") in ins
     env = " ".join(r for w, r in ins if w in ("ENV", "ARG"))
-    port = re.search(r"GRADWIRE_PORT=(\d+)", env).group(1)
-    assert ("EXPOSE", port) in ins
+    port = re.search(r"\bGRADWIRE_PORT=(\d+)", env).group(1)
+    assert port in " ".join(r for w, r in ins if w == "EXPOSE").split()
     for w, rest in ins:  # no secrets baked in
         if w in ("ENV", "ARG", "LABEL"):
             assert not re.search(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY)\w*=\S", rest, re.I), rest
         if w in ("COPY", "ADD"):
             assert not re.search(r"\.env\b|\.pem\b|token", rest, re.I), rest
     assert "latest" not in " ".join(r for w, r in ins if w == "FROM")
+
+
+# ------------------------------------------------------------------ metrics: one port everywhere
+
+def _dockerfile_metrics_port() -> str:
+    ins = _instructions((DEPLOY / "Dockerfile").read_text())
+    env = " ".join(r for w, r in ins if w == "ENV")
+    (port,) = re.findall(r"\bGRADWIRE_METRICS_PORT=(\d+)", env)
+    return port
+
+
+def test_metrics_port_agrees_across_dockerfile_compose_and_k8s():
+    ins = _instructions((DEPLOY / "Dockerfile").read_text())
+    port = _dockerfile_metrics_port()
+    grpc_port = re.search(r"\bGRADWIRE_PORT=(\d+)", " ".join(r for w, r in ins if w == "ENV")).group(1)
+    assert port != grpc_port and int(port) > 0
+    # the image has prometheus_client: the project installed with its metrics extra
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(p.startswith("prometheus") for p in extras["metrics"])
+    assert any(w == "RUN" and re.search(r'pip install [^&]*"/tmp/gradwire-src\[metrics\]"', r) for w, r in ins)
+    assert port in " ".join(r for w, r in ins if w == "EXPOSE").split()
+
+    # compose: the coordinator serves it and publishes it on the host's loopback only
+    coord = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["gradwire"]
+    assert coord["environment"]["GRADWIRE_METRICS_PORT"] == port
+    published = [p for p in coord["ports"] if str(p).rsplit(":", 1)[1] == port]
+    assert len(published) == 1 and published[0].startswith("127.0.0.1:"), coord["ports"]
+    host_side = re.fullmatch(r"127\.0\.0\.1:(?:\$\{\w+:-(\d+)\}|(\d+)):\d+", published[0])
+    assert host_side and port in host_side.groups(), published[0]
+
+    # Kubernetes: env, the container port named metrics, the Service's port, the scrape annotations
+    m = _manifests()
+    template = m["Deployment"]["spec"]["template"]
+    (c,) = template["spec"]["containers"]
+    assert _env(c)["GRADWIRE_METRICS_PORT"]["value"] == port
+    (container_port,) = [p for p in c["ports"] if p["name"] == "metrics"]
+    assert container_port["containerPort"] == int(port) and container_port["protocol"] == "TCP"
+    (svc_port,) = [p for p in m["Service"]["spec"]["ports"] if p["name"] == "metrics"]
+    assert svc_port["port"] == int(port) and svc_port["targetPort"] == "metrics"
+    annotations = template["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": port, "prometheus.io/path": "/metrics"}
+    assert all(isinstance(v, str) for v in annotations.values())  # annotations are strings, "true" quoted
 
 
 # ------------------------------------------------------------------ the entrypoint, for real
@@ -312,6 +358,55 @@ def test_entrypoint_coordinator_serves_health_and_stops_on_sigterm(tmp_path):
         gone = subprocess.run([sys.executable, str(DEPLOY / "healthcheck.py")], env={**env, "GRADWIRE_HEALTHCHECK_TIMEOUT": "1"},
                               capture_output=True, text=True, timeout=30)
         assert gone.returncode == 1
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _scrape(port: int, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+        assert response.status == 200
+        return response.read().decode()
+
+
+def test_entrypoint_coordinator_serves_prometheus_metrics(tmp_path):
+    pytest.importorskip("prometheus_client", reason="prometheus_client is not installed (pip install '.[metrics]')")
+    port = _free_port()
+    metrics_port = _free_port()
+    while metrics_port == port:
+        metrics_port = _free_port()
+    env = _clean_env(GRADWIRE_ROLE="coordinator", GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port),
+                     GRADWIRE_METRICS_PORT=str(metrics_port), GRADWIRE_BACKEND="local",
+                     GRADWIRE_JOB_DIR=str(tmp_path / "jobs"), GRADWIRE_GRACE_SECONDS="2")
+    log = open(tmp_path / "entrypoint.log", "wb")
+    proc = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status = _health(port)
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+        assert status == health_pb2.HealthCheckResponse.SERVING, (tmp_path / "entrypoint.log").read_text()
+        # the server starts its metrics HTTP server just after health turns SERVING: poll for it
+        deadline, text = time.monotonic() + 30, None
+        while time.monotonic() < deadline and proc.poll() is None and text is None:
+            try:
+                text = _scrape(metrics_port)
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        assert text is not None, (tmp_path / "entrypoint.log").read_text()
+        names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+        assert {"gradwire_sessions", "gradwire_graphs", "gradwire_jobs"} <= names, text
+        assert re.search(r'^gradwire_jobs\{state="running"\} 0\.0$', text, re.M), text
+        assert re.search(r"^gradwire_sessions 0\.0$", text, re.M), text
+        os.kill(proc.pid, signal.SIGTERM)  # exec'd: the pid is the server's
+        assert proc.wait(timeout=30) == 0, (tmp_path / "entrypoint.log").read_text()
+        with pytest.raises(urllib.error.URLError):  # the metrics server stopped with it
+            _scrape(metrics_port, timeout=2)
     finally:
         _stop(proc)
         log.close()
