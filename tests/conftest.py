@@ -160,3 +160,45 @@ def pinned_job_inputs():
 def example_graph():
     """``example_graph(kind, dtype="float32", n=37, seed=0) -> (graph, params, batch)``."""
     return _example_graph
+
+
+# ---------------------------------------------------------------- servers in their own process
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """``free_port() -> int``: a TCP port on 127.0.0.1 nobody listens on now (for a server
+    started in another process, which binds it itself)."""
+    import socket
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick
+
+
+@pytest.fixture(scope="session")
+def wait_healthy():
+    """``wait_healthy(address, proc, timeout=30)``: return once the server process ``proc`` at
+    ``address`` answers SERVING on the gRPC health service; fail if it exits first."""
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    def wait(address: str, proc, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert proc.poll() is None, f"the server at {address} exited with status {proc.returncode}"
+            try:
+                with grpc.insecure_channel(address) as channel:
+                    check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if check.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+            except grpc.RpcError:
+                time.sleep(0.2)
+        raise TimeoutError(f"the server at {address} did not become healthy in {timeout}s")
+
+    return wait

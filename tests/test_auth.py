@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -438,26 +437,6 @@ def test_sdk_unauthenticated_error(address, monkeypatch):
 # ---------------------------------------------------------------- SIGHUP in a server process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(address: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        assert proc.poll() is None, "server exited"
-        try:
-            with grpc.insecure_channel(address) as channel:
-                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError:
-            time.sleep(0.2)
-    raise TimeoutError("server did not become healthy")
-
-
 def _until(predicate, timeout: float = 15.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -467,10 +446,10 @@ def _until(predicate, timeout: float = 15.0) -> bool:
     return False
 
 
-def test_sighup_reloads_the_token_file_of_a_serving_process(tmp_path):
+def test_sighup_reloads_the_token_file_of_a_serving_process(wait_healthy, free_port, tmp_path):
     path = tmp_path / "tokens"
     _token_file(path, f"{ALICE} alice")
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     log_file = tmp_path / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}
@@ -479,7 +458,7 @@ def test_sighup_reloads_the_token_file_of_a_serving_process(tmp_path):
                                  str(tmp_path / "jobs"), "--auth-tokens", str(path), "--grace-seconds", "0"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_healthy(address, proc)
+        wait_healthy(address, proc)
         assert _call(address, "ListOps", token=ALICE)[0] == OK
         assert _call(address, "ListOps", token=BOB)[0] == UNAUTHENTICATED
         _token_file(path, f"{BOB} bob")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,12 +24,6 @@ from gradwire.protos import gradwire_pb2_grpc as pb_grpc
 from gradwire.worker.codec import stream_messages
 
 STARTUP_SECONDS = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:
@@ -84,9 +77,9 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(free_port, tmp_path_factory):
     """One server started through the CLI with ``--port``."""
-    port = _free_port()
+    port = free_port()
     server = Served(tmp_path_factory.mktemp("serve-flag"), ["--port", str(port), "--log-level", "INFO"], {}, port)
     try:
         server.wait_serving()
@@ -143,9 +136,9 @@ def test_sigterm_exits_0(served):
         assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def test_port_from_environment_and_drain_on_sigterm(tmp_path, example_graph):
+def test_port_from_environment_and_drain_on_sigterm(free_port, tmp_path, example_graph):
     """GRADWIRE_PORT instead of --port; SIGTERM lets a call in flight finish, then exit 0."""
-    port = _free_port()
+    port = free_port()
     server = Served(tmp_path, ["--log-level", "INFO"], {"GRADWIRE_PORT": str(port), "GRADWIRE_SHARDS": "3"}, port)
     try:
         server.wait_serving()

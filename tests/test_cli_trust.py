@@ -34,12 +34,6 @@ def _gradwire(*args, cwd=ROOT, env=None, timeout=TIMEOUT):
                           timeout=timeout, cwd=cwd, env=env or _env())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def assert_one_line_error(out, *fragments):
     assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
     assert "Traceback" not in out.stderr + out.stdout
@@ -132,10 +126,10 @@ def _serve(tmp: Path, port: int) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(free_port, tmp_path_factory):
     """A `gradwire serve` process on the local backend; (address, its folder)."""
     tmp = tmp_path_factory.mktemp("served")
-    port = _free_port()
+    port = free_port()
     proc = _serve(tmp, port)
     try:
         yield f"127.0.0.1:{port}", tmp

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -171,46 +170,23 @@ def _npy_dir():
 # ---------------------------------------------------------------- restart and resume
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(port: int, job_dir) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "gradwire", "serve", "--port", str(port), "--job-dir", str(job_dir),
                              "--shards", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _wait_healthy(address: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        assert proc.poll() is None, "server exited"
-        try:
-            with grpc.insecure_channel(address) as channel:
-                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError:
-            time.sleep(0.2)
-    raise TimeoutError("server did not become healthy")
-
-
-def test_killed_server_resumes_job_bitwise(tmp_path, address):
+def test_killed_server_resumes_job_bitwise(wait_healthy, free_port, tmp_path, address):
     g, params = _model()
     data = _data()
     settings = dict(optimizer=gw.optim.Adam(lr=1e-2), batch_size=4, epochs=6, seed=11, checkpoint_every=10)
     with gw.connect(address) as client:  # the uninterrupted reference run
         reference = client.submit_job(g, params, data, **settings).result()
 
-    port = _free_port()
+    port = free_port()
     remote = f"127.0.0.1:{port}"
     proc = _serve(port, tmp_path / "jobs")
     try:
-        _wait_healthy(remote, proc)
+        wait_healthy(remote, proc)
         with gw.connect(remote) as client:
             job = client.submit_job(g, params, data, **settings)
             for event in job.watch():
@@ -220,7 +196,7 @@ def test_killed_server_resumes_job_bitwise(tmp_path, address):
         proc.send_signal(signal.SIGKILL)  # no chance to clean up: only its checkpoints survive
         proc.wait(timeout=10)
         proc = _serve(port, tmp_path / "jobs")
-        _wait_healthy(remote, proc)
+        wait_healthy(remote, proc)
         with gw.connect(remote) as client:
             resumed = client.job(job.job_id)
             events = list(resumed.watch())

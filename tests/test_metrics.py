@@ -3,8 +3,6 @@ moves with real calls."""
 
 from __future__ import annotations
 
-import socket
-import time
 import urllib.request
 
 import numpy as np
@@ -13,12 +11,6 @@ import pytest
 import gradwire as gw
 
 pytest.importorskip("prometheus_client")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -38,8 +30,8 @@ def _graph():
     return g, {"w": np.ones(3, np.float32)}, {"x": np.ones((8, 3), np.float32)}
 
 
-def test_counters_move_with_real_calls(start_server):
-    port = _free_port()
+def test_counters_move_with_real_calls(free_port, start_server):
+    port = free_port()
     server, address = start_server(metrics_port=port, shards=2)
     assert server.metrics_port == port
     before = _scrape(port)
