@@ -737,16 +737,9 @@ class IdealTrainPool:
             p -= self.lr * total
 
     def close(self) -> None:
-        for c in self.conns:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                c.send(None)
-        for p in self.procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()  # by its own handle
-                p.join(timeout=5)
-        for c in self.conns:
-            c.close()
+        from .workloads_ray import stop_children
+
+        stop_children(self.conns, self.procs)
         self.params, self.grads = {}, []
         for shm in self.shms:
             with contextlib.suppress(Exception):
@@ -785,8 +778,6 @@ def train_jobs(cfg: Config) -> list[Row]:
 
 
 def _part_a(cfg: Config, tmp: str) -> list[Row]:
-    import gradwire as gw
-
     log = cfg.log
     data, source = digits_data()
     graph, params0 = digits_model()
@@ -884,7 +875,6 @@ def _part_a(cfg: Config, tmp: str) -> list[Row]:
     else:
         rows.append(_unavailable(f"a ray train + ddp {A_WORKERS}w x 1t (gloo)", ray_skip or ddp_missing))
 
-    local = results["local"]
     for v in variants:
         res = results[v["key"]]
         name = f"{NAME}/a job, {v['label']}"
@@ -1160,7 +1150,7 @@ def _part_b(cfg: Config, tmp: str) -> list[Row]:
                               f"examples/s; rank 0's step times after {warm} warm-up steps", examples_per_s=ddp_eps,
                         samples_ms=ms_list(out["step_s"][warm:])))
         rows.append(row(f"{NAME}/b job, ray 2w / ray train + ddp", ratio=r, target=f">= {DDP_TARGET_B:g}",
-                        passed=r >= DDP_TARGET_B if gate else None, notes=f"ratio = job ex/s / DDP ex/s"))
+                        passed=r >= DDP_TARGET_B if gate else None, notes="ratio = job ex/s / DDP ex/s"))
     else:
         rows.append(_unavailable("b ray train + ddp 2w x 1t (gloo)", ddp_missing or "2 workers not measured"))
         rows.append(row(f"{NAME}/b job, ray 2w / ray train + ddp", target=f">= {DDP_TARGET_B:g}", passed=None,
@@ -1169,7 +1159,7 @@ def _part_b(cfg: Config, tmp: str) -> list[Row]:
         st = summarize(e["echo"])
         rows.append(row(f"{NAME}/b floor: ray actor task, {_kib(param_bytes)} params in, same out, N={workers}",
                         stats=st, ratio=st["median_ms"] / e["job_stats"]["median_ms"],
-                        notes=f"ratio = this round trip / a job step: a step's parameters to a worker and its "
-                              f"gradients back, nothing computed; the coordinator's CPU per step is in the (c) rows",
+                        notes="ratio = this round trip / a job step: a step's parameters to a worker and its "
+                              "gradients back, nothing computed; the coordinator's CPU per step is in the (c) rows",
                         samples_ms=ms_list(e["echo"])))
     return rows + c_rows

@@ -178,6 +178,21 @@ def _ideal_worker(conn, rank: int, n_workers: int, n: int, seed: int) -> None:
     conn.close()
 
 
+def stop_children(conns, procs) -> None:
+    """Tell each child process to stop (None on its pipe), join it, kill it by its own handle if it
+    does not, and close the pipes."""
+    for c in conns:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            c.send(None)
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=5)
+    for c in conns:
+        c.close()
+
+
 class IdealPool:
     """N spawned processes; ``step()`` runs one synchronized step (all slices, wait for all)."""
 
@@ -211,16 +226,7 @@ class IdealPool:
         return [t for t, _ in out]
 
     def close(self) -> None:
-        for c in self.conns:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                c.send(None)
-        for p in self.procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()  # by its own pid
-                p.join(timeout=5)
-        for c in self.conns:
-            c.close()
+        stop_children(self.conns, self.procs)
 
     def __enter__(self) -> "IdealPool":
         return self
