@@ -179,9 +179,9 @@ class GradwireServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def start(self) -> "GradwireServer":
-        self._on_loop(self._start())
-        if self.metrics is not None:
+        if self.metrics is not None:  # first: once health says SERVING, everything is up
             self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port)
+        self._on_loop(self._start())
         # health answers at once; unfinished jobs resume meanwhile (each from its checkpoint)
         self._resuming = threading.Thread(target=self.servicer.jobs.resume_all, name="gradwire-resume", daemon=True)
         self._resuming.start()

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,10 +24,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -300,12 +297,6 @@ def test_entrypoint_shellcheck():
         run = subprocess.run([shellcheck, "--severity=warning", str(script)], capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stdout + run.stderr
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADWIRE_", "RAY_AUTH_"))
            and k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
@@ -314,53 +305,54 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _health(port: int, timeout: float = 2.0) -> int:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout).status
-
-
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
 
 
-def test_entrypoint_coordinator_serves_health_and_stops_on_sigterm(tmp_path):
-    port = _free_port()
-    env = _clean_env(GRADWIRE_ROLE="coordinator", GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port),
-                     GRADWIRE_BACKEND="local", GRADWIRE_JOB_DIR=str(tmp_path / "jobs"), GRADWIRE_GRACE_SECONDS="2")
-    log = open(tmp_path / "entrypoint.log", "wb")
-    proc = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline, status = time.monotonic() + 60, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status = _health(port)
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-        out = (tmp_path / "entrypoint.log").read_text()
-        assert status == health_pb2.HealthCheckResponse.SERVING, out
-        # exec'd: the pid we started is now the server itself, so SIGTERM reaches it
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-        assert b"serve" in cmdline and not any(a.endswith(b"entrypoint.sh") for a in cmdline), cmdline
-        # the image's HEALTHCHECK command, too
-        check = subprocess.run([sys.executable, str(DEPLOY / "healthcheck.py")], env=env, capture_output=True,
-                               text=True, timeout=30)
-        assert check.returncode == 0 and "SERVING" in check.stdout, check.stdout + check.stderr
-        t0 = time.monotonic()
-        os.kill(proc.pid, signal.SIGTERM)
-        rc = proc.wait(timeout=10)
-        assert time.monotonic() - t0 < 8
-        assert rc == 0, (tmp_path / "entrypoint.log").read_text()
-        gone = subprocess.run([sys.executable, str(DEPLOY / "healthcheck.py")], env={**env, "GRADWIRE_HEALTHCHECK_TIMEOUT": "1"},
-                              capture_output=True, text=True, timeout=30)
-        assert gone.returncode == 1
-    finally:
+@pytest.fixture
+def coordinator(tmp_path, free_port, wait_healthy):
+    """``coordinator(**env) -> (proc, env, log_path)``: deploy/entrypoint.sh in the coordinator
+    role on 127.0.0.1 (local backend), serving; stopped by its pid at the end."""
+    started = []
+
+    def start(**extra: str):
+        port = free_port()
+        env = _clean_env(GRADWIRE_ROLE="coordinator", GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port),
+                         GRADWIRE_BACKEND="local", GRADWIRE_JOB_DIR=str(tmp_path / "jobs"),
+                         GRADWIRE_GRACE_SECONDS="2", **extra)
+        log_path = tmp_path / "entrypoint.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        started.append(proc)
+        try:
+            wait_healthy(f"127.0.0.1:{port}", proc, timeout=60)
+        except (AssertionError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}: {log_path.read_text()}") from None
+        return proc, env, log_path
+
+    yield start
+    for proc in started:
         _stop(proc)
-        log.close()
+
+
+def _healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The image's HEALTHCHECK command."""
+    return subprocess.run([sys.executable, str(DEPLOY / "healthcheck.py")], env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_entrypoint_coordinator_serves_health_and_stops_on_sigterm(coordinator):
+    proc, env, log_path = coordinator()
+    # exec'd: the pid we started is now the server itself, so SIGTERM reaches it
+    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"serve" in cmdline and not any(a.endswith(b"entrypoint.sh") for a in cmdline), cmdline
+    check = _healthcheck(env)
+    assert check.returncode == 0 and "SERVING" in check.stdout, check.stdout + check.stderr
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0, log_path.read_text()  # drained within its 2 s grace, and some
+    assert _healthcheck({**env, "GRADWIRE_HEALTHCHECK_TIMEOUT": "1"}).returncode == 1
 
 
 def _scrape(port: int, timeout: float = 5.0) -> str:
@@ -369,47 +361,19 @@ def _scrape(port: int, timeout: float = 5.0) -> str:
         return response.read().decode()
 
 
-def test_entrypoint_coordinator_serves_prometheus_metrics(tmp_path):
+def test_entrypoint_coordinator_serves_prometheus_metrics(coordinator, free_port):
     pytest.importorskip("prometheus_client", reason="prometheus_client is not installed (pip install '.[metrics]')")
-    port = _free_port()
-    metrics_port = _free_port()
-    while metrics_port == port:
-        metrics_port = _free_port()
-    env = _clean_env(GRADWIRE_ROLE="coordinator", GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port),
-                     GRADWIRE_METRICS_PORT=str(metrics_port), GRADWIRE_BACKEND="local",
-                     GRADWIRE_JOB_DIR=str(tmp_path / "jobs"), GRADWIRE_GRACE_SECONDS="2")
-    log = open(tmp_path / "entrypoint.log", "wb")
-    proc = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline, status = time.monotonic() + 60, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status = _health(port)
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-        assert status == health_pb2.HealthCheckResponse.SERVING, (tmp_path / "entrypoint.log").read_text()
-        # the server starts its metrics HTTP server just after health turns SERVING: poll for it
-        deadline, text = time.monotonic() + 30, None
-        while time.monotonic() < deadline and proc.poll() is None and text is None:
-            try:
-                text = _scrape(metrics_port)
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        assert text is not None, (tmp_path / "entrypoint.log").read_text()
-        names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
-        assert {"gradwire_sessions", "gradwire_graphs", "gradwire_jobs"} <= names, text
-        assert re.search(r'^gradwire_jobs\{state="running"\} 0\.0$', text, re.M), text
-        assert re.search(r"^gradwire_sessions 0\.0$", text, re.M), text
-        os.kill(proc.pid, signal.SIGTERM)  # exec'd: the pid is the server's
-        assert proc.wait(timeout=30) == 0, (tmp_path / "entrypoint.log").read_text()
-        with pytest.raises(urllib.error.URLError):  # the metrics server stopped with it
-            _scrape(metrics_port, timeout=2)
-    finally:
-        _stop(proc)
-        log.close()
+    metrics_port = free_port()
+    proc, _, log_path = coordinator(GRADWIRE_METRICS_PORT=str(metrics_port))
+    text = _scrape(metrics_port)  # up before health said SERVING
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert {"gradwire_sessions", "gradwire_graphs", "gradwire_jobs"} <= names, text
+    assert re.search(r'^gradwire_jobs\{state="running"\} 0\.0$', text, re.M), text
+    assert re.search(r"^gradwire_sessions 0\.0$", text, re.M), text
+    os.kill(proc.pid, signal.SIGTERM)  # exec'd: the pid is the server's
+    assert proc.wait(timeout=30) == 0, log_path.read_text()
+    with pytest.raises(urllib.error.URLError):  # the metrics server stopped with it
+        _scrape(metrics_port, timeout=2)
 
 
 FAKE_RAY = r"""#!/usr/bin/env bash
