@@ -17,9 +17,9 @@ import zipfile
 import numpy as np
 
 import gradwire as gw
+from gradwire.client.onnx_io import LOSSES
 from . import ArgumentParser, UsageError
 
-# the settings each optimizer takes beyond lr (the command line's names)
 PROGRESS_EVERY = float(os.environ.get("GRADWIRE_PROGRESS_EVERY", "5"))  # seconds between lines when not a terminal
 RATE_AFTER = 1.0  # seconds watched before a rate is shown (a first rate over a few ms means nothing)
 FINAL_RATE_AFTER = 0.2  # the same for the line of the last step
@@ -39,7 +39,7 @@ def load_model(path: str, seed: int, loss: str | None = None, label: str = "y", 
 
 
 def _onnx_model(path: str, loss: str | None, label: str, output: str | None):
-    from gradwire.client.onnx_io import LOSSES, training_graph
+    from gradwire.client.onnx_io import training_graph
 
     if loss not in LOSSES:
         raise UsageError(f"--model {path}: an ONNX model needs --loss, one of {', '.join(LOSSES)}")
@@ -223,8 +223,7 @@ def train_parser() -> ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="Ray workers, for a server started here")
     parser.add_argument("--model", required=True, metavar="FILE",
                         help="Python file defining build(seed) -> (graph, params), or an ONNX model (.onnx)")
-    parser.add_argument("--loss", choices=("softmax_cross_entropy", "nll_loss", "mse", "binary_cross_entropy_with_logits"),
-                        default=None,
+    parser.add_argument("--loss", choices=LOSSES, default=None,
                         help="for an ONNX model: the loss on its output and --label")
     parser.add_argument("--label", default="y", help="for an ONNX model: the name of the labels input")
     parser.add_argument("--output", default=None, help="for an ONNX model: which output the loss reads "
