@@ -271,3 +271,14 @@ def test_the_documented_rules_are_enforced(address):
         with pytest.raises(grpc.RpcError) as info:
             register(pb.RegisterGraphRequest(graph=clash), timeout=60)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_optimizer_table_is_the_registry():
+    """WIRE.md's optimizer table lists exactly the registered optimizers and their settings."""
+    from gradwire.worker.optim import OPTIMIZERS, settings
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "WIRE.md").read_text()
+    rows = dict(re.findall(r"^  \| `(\w+)` \| (.+) \|$", text, re.M))
+    assert set(rows) == set(OPTIMIZERS)
+    for name, cell in rows.items():
+        assert re.findall(r"`(\w+)`", cell) == list(settings(name)), name
