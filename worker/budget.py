@@ -8,17 +8,22 @@ budget over the limits with a ``LimitError`` naming the figure, where it peaks a
 The memory model is an upper bound, not a measurement (every buffer the size of its spec):
 
 * the sources (parameters, batch inputs, constants) are live throughout: the caller holds them;
-* forward step: the live values + the step's output + a workspace of ``WORKSPACE`` buffers as
-  large as its largest operand (the temporaries of a kernel: sigmoid's VJP holds two, the
-  logistic loss three). The output then joins the live values and the step's ``frees`` leave
-  them. Outputs that are views (reshape, transpose, broadcast_to) count as buffers of their
-  own, a broadcast at its full size: over-counted, never under (``slice`` copies, so a small
-  slice never keeps a large value alive unseen);
+* forward step: the live values + the step's output + its workspace, the kernel's temporaries:
+  the op's own ``Op.workspace`` where it declares one (see ``ops/registry.py``: conv2d's im2col
+  columns are kh*kw times its input, a padded pooling copies x, erf holds ~13 float64 buffers),
+  else ``WORKSPACE`` buffers as large as its largest operand (sigmoid's VJP holds two, the
+  logistic loss three); + ``BUFFERS`` for NumPy's ufunc buffers and array objects. The output
+  then joins the live values and the step's ``frees`` leave them. Outputs that are views
+  (reshape, transpose, broadcast_to) count as buffers of their own, a broadcast at its full
+  size: over-counted, never under (``slice`` copies, so a small slice never keeps a large value
+  alive unseen);
 * fetched outputs are copied once the forward pass is done, and stay;
 * backward step: the live values + one gradient buffer per value with a pending gradient (its
   value's size) + the step's transients: each gradient it makes (for a broadcasting op also
-  one of the output's size, before ``unbroadcast``), one more where it accumulates into an
-  existing gradient, and the workspace. Then its output's gradient is dropped, the new ones
+  one of the output's size, before ``unbroadcast``, unless its declared workspace counts the
+  product: matmul's is (batch, M, K), not the output), one more where it accumulates into an
+  existing gradient, and the workspace (a declared one is the VJP's, every rule run, its
+  gradients included at their full size). Then its output's gradient is dropped, the new ones
   join, saved values it read last leave;
 * at the end the returned gradients may be copies (``engine._own``): + their sizes.
 
@@ -40,7 +45,8 @@ from .ops import Op
 from .spec import TensorSpec, num_elements
 from .validate import LimitError
 
-WORKSPACE = 3  # operand-sized temporaries a kernel or VJP may hold besides its result
+WORKSPACE = 3  # operand-sized temporaries a kernel or VJP may hold besides its result (no Op.workspace)
+BUFFERS = 1 << 18  # a step's NumPy ufunc buffers (8192 elements for each of 3 operands: 192 KiB) and views
 BACKWARD_FLOPS = 2  # a VJP costs about twice its forward: one product per input
 
 
@@ -139,10 +145,11 @@ def _estimate(program: Program, specs: dict[str, TensorSpec], wrt, fetch) -> Bud
 def _forward(program, schedule, specs, elements, size, held, peak) -> tuple[int, int]:
     live, flops = peak.bytes, 0
     for i, (name, op_name, _, inputs, attrs, frees) in enumerate(schedule.forward):
-        out = size[name]
-        peak.see(live + out + WORKSPACE * max([out, *(size[r] for r in inputs)]), name, op_name, "forward")
+        op, out = program.ops[i], size[name]
+        work = _workspace(op, "forward", specs, size, name, inputs, attrs)
+        peak.see(live + out + work, name, op_name, "forward")
         live += out - sum(size[r] for r in frees if r not in held)
-        flops += _node_flops(program.ops[i], specs, elements, name, inputs, attrs)
+        flops += _node_flops(op, specs, elements, name, inputs, attrs)
     return live, flops
 
 
@@ -151,13 +158,10 @@ def _backward(program, schedule, plan, specs, elements, size, held, peak, live) 
     grads = {loss: size[loss]}  # pending gradients, by value
     live, flops = live + size[loss], 0
     for (name, inputs, _, attrs, frees), i, need in zip(schedule.backward, plan.nodes, plan.needs):
-        op, out = program.ops[i], size[name]
-        made, here = 0, set()
-        for ref, wanted in zip(inputs, need):
-            if wanted:  # its gradient, one more buffer where it accumulates, the unreduced broadcast
-                made += size[ref] * (2 if ref in grads or ref in here else 1) + (out if op.broadcast else 0)
-                here.add(ref)
-        peak.see(live + made + WORKSPACE * max([out, *(size[r] for r in inputs)]), name, op.name, "backward")
+        op = program.ops[i]
+        made, here = _made(op, size[name], [ref for ref, wanted in zip(inputs, need) if wanted], size, grads)
+        work = _workspace(op, "backward", specs, size, name, inputs, attrs)
+        peak.see(live + made + work, name, op.name, "backward")
         live -= grads.pop(name, 0)
         for ref in here:
             if ref not in grads:
@@ -166,6 +170,26 @@ def _backward(program, schedule, plan, specs, elements, size, held, peak, live) 
         live -= sum(size[r] for r in frees if r not in held)
         flops += BACKWARD_FLOPS * _node_flops(op, specs, elements, name, inputs, attrs)
     return live, flops
+
+
+def _made(op: Op, out: int, wanted: list[str], size, grads) -> tuple[int, set[str]]:
+    """The bytes of the gradients a backward step makes for the ``wanted`` inputs and the set of
+    them: each one's gradient, one more buffer where it accumulates into an existing one and,
+    for a broadcasting op with no declared workspace, the unreduced product (output-sized)."""
+    made, here = 0, set()
+    unreduced = out if op.broadcast and op.workspace is None else 0
+    for ref in wanted:
+        made += size[ref] * (2 if ref in grads or ref in here else 1) + unreduced
+        here.add(ref)
+    return made, here
+
+
+def _workspace(op: Op, phase: str, specs, size, name: str, inputs, attrs) -> int:
+    """A step's temporaries (bytes): the op's declared ``workspace`` for ``phase``, else
+    ``WORKSPACE`` buffers as large as its largest operand, input or output; + ``BUFFERS``."""
+    if op.workspace is not None:
+        return BUFFERS + op.workspace(phase, specs[name], *(specs[r] for r in inputs), **attrs)
+    return BUFFERS + WORKSPACE * max([size[name], *(size[r] for r in inputs)])
 
 
 def _node_flops(op: Op, specs, elements, name: str, inputs, attrs) -> int:

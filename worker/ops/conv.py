@@ -192,7 +192,7 @@ def conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=
 
 def _conv2d_vjp(g, y, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, auto_pad=0):
     s, d, pads = _conv_geometry(x.shape, w.shape, stride, padding, dilation, auto_pad)
-    return (_conv_dx(g, w, x.shape, s, d, pads, groups),
+    return (np.ascontiguousarray(_conv_dx(g, w, x.shape, s, d, pads, groups)),  # not a view of the padded buffer
             _conv_dw(x, g, w.shape, s, d, pads, groups),
             None if b is None else g.sum(axis=(0, 2, 3)))
 
@@ -249,6 +249,35 @@ def _conv_flops(out, x, w, *rest, groups=1, **_):
     return 2 * num_elements((n, co, ho, wo, cg, kh, kw))
 
 
+def _known(shape) -> tuple[int, ...]:
+    return tuple(1 if d is None else d for d in shape)
+
+
+def _padded_elements(x_shape, pads) -> int:
+    n, c, h, w = x_shape
+    t, left, b, r = pads
+    return n * c * (h + t + b) * (w + left + r)
+
+
+def _conv2d_workspace(phase, out, x, w, *rest, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                      auto_pad=0):
+    """Bytes (see the registry): ``_cols`` pads x (a copy, if padded) and copies its windows,
+    N*Ho*Wo*C*kh*kw elements (kh*kw times x for stride 1); the GEMM's result is transposed into the
+    output by one more copy. Backward: dx = col2im(g @ W) holds g's matrix, the columns and the
+    zeroed padded dx (cropped by a copy); then dw holds dx, and im2col again beside g's matrix."""
+    xs, ws, ys = _known(x.shape), _known(w.shape), num_elements(out.shape)
+    pads = _conv_geometry(xs, ws, stride, padding, dilation, auto_pad)[2]
+    xn, wn, xpad = num_elements(xs), num_elements(ws), _padded_elements(xs, pads)
+    copy = xpad if any(pads) else 0
+    cols = num_elements(out.shape[:1] + out.shape[2:] + (xs[1],) + ws[2:])
+    if phase == "forward":
+        elements = cols + max(copy, ys)
+    else:
+        dx = max(ys + cols, cols + xpad, xpad + (xn if any(pads) else 0))
+        elements = max(dx, xn + max(copy + cols, cols + ys + wn)) + ws[0]
+    return elements * x.dtype.itemsize
+
+
 def _conv2d_samples(rng):
     cases = [
         ((2, 3, 5, 5), (4, 3, 3, 3), True, {}),
@@ -266,7 +295,7 @@ def _conv2d_samples(rng):
 
 register(Op(
     "conv2d", conv2d, _infer_conv2d, _conv2d_vjp, _conv2d_samples, arity=None, attrs=CONV_ATTRS,
-    saves=(0, 1), batch=_linear_image_batch, flops=_conv_flops,
+    saves=(0, 1), batch=_linear_image_batch, flops=_conv_flops, workspace=_conv2d_workspace,
     doc="conv2d(x, w[, b]): 2-D convolution (cross-correlation) of x (N, C, H, W) with w (Cout, C/groups, kh, kw); "
         "stride, padding (2 or 4 ints), dilation, groups, auto_pad (0 NOTSET, 1 SAME_UPPER, 2 SAME_LOWER, 3 VALID)",
 ))
@@ -342,6 +371,25 @@ def _transpose_flops(out, x, w, *rest, **_):
     return 2 * num_elements((x.shape[0], x.shape[1], x.shape[2], x.shape[3]) + w.shape[1:])
 
 
+def _conv_transpose2d_workspace(phase, out, x, w, *rest, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                                dilation=(1, 1), groups=1):
+    """Bytes (see the registry); the adjoint's columns, N*H*W*Cout*kh*kw elements, are
+    kh*kw/(sh*sw) times the output. Forward (col2im of x @ W): x's matrix and the columns, then
+    the columns and the zeroed padded output (cropped by a copy, if padded). Backward: dx = conv2d
+    of g (g padded, its columns, the GEMM's result and dx), then dw holds dx and g's columns again
+    beside x's matrix."""
+    xs, ws, ys = _known(x.shape), _known(w.shape), _known(out.shape)
+    pads = _transpose_geometry(xs, ws, stride, padding, output_padding, dilation, groups)[2]
+    xn, wn, ypad = num_elements(xs), num_elements(ws), _padded_elements(ys, pads)
+    copy = ypad if any(pads) else 0
+    cols = num_elements(xs[:1] + xs[2:] + (ys[1],) + ws[2:])
+    if phase == "forward":
+        elements = cols + max(xn, copy)
+    else:
+        elements = xn + cols + max(copy, xn + wn) + ys[1]
+    return elements * x.dtype.itemsize
+
+
 def _conv_transpose2d_samples(rng):
     cases = [
         ((2, 3, 3, 3), (3, 2, 3, 3), True, {}),
@@ -360,6 +408,7 @@ def _conv_transpose2d_samples(rng):
 register(Op(
     "conv_transpose2d", conv_transpose2d, _infer_conv_transpose2d, _conv_transpose2d_vjp, _conv_transpose2d_samples,
     arity=None, attrs=TRANSPOSE_ATTRS, saves=(0, 1), batch=_linear_image_batch, flops=_transpose_flops,
+    workspace=_conv_transpose2d_workspace,
     doc="conv_transpose2d(x, w[, b]): the adjoint of conv2d in its input; x (N, Cin, H, W), w (Cin, Cout/groups, kh, kw); "
         "stride, padding (2 or 4 ints), output_padding (< stride, added at the bottom/right), dilation, groups",
 ))
@@ -429,7 +478,7 @@ def _max_pool2d_vjp(g, y, x, kernel, stride=None, padding=(0, 0), dilation=(1, 1
         hit &= free
         free &= ~hit
         dxp[:, :, rs, cs] += g * hit
-    return dxp[:, :, t:t + h, left:left + w]
+    return np.ascontiguousarray(dxp[:, :, t:t + h, left:left + w])  # not a view of the padded buffer
 
 
 def _pool_count(shape, k, s, d, pads, out, include_pad, dtype):
@@ -463,7 +512,7 @@ def _avg_pool2d_vjp(g, y, x, kernel, stride=None, padding=(0, 0), dilation=(1, 1
     dxp = np.zeros((n, c, h + t + b, w + left + r), dtype=g.dtype)
     for _, _, rs, cs in _offsets(k, s, d, out):
         dxp[:, :, rs, cs] += share
-    return dxp[:, :, t:t + h, left:left + w]
+    return np.ascontiguousarray(dxp[:, :, t:t + h, left:left + w])  # not a view of the padded buffer
 
 
 def _pool_batch(linear: bool):
@@ -483,6 +532,36 @@ def _pool_flops(out, x, kernel, **_):
     return num_elements(out.shape) * int(np.prod(_pair("kernel", kernel)))
 
 
+def _pool_sizes(out, x, kernel, stride, padding, dilation, auto_pad):
+    """Elements of (x, x padded, the output) and of the spatial planes (x's, padded, output's)."""
+    xs = _known(x.shape)
+    pads = _pool_geometry(xs, kernel, stride, padding, dilation, auto_pad)[3]
+    xpad = _padded_elements(xs, pads)
+    n, c = xs[:2]
+    return num_elements(xs), xpad, xpad if any(pads) else 0, num_elements(out.shape), xpad // (n * c or 1)
+
+
+def _max_pool2d_workspace(phase, out, x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pad=0):
+    """Bytes (see the registry). Forward: x padded with -inf (a copy, if padded). Backward: that
+    copy, the zeroed padded dx (cropped by a copy), g * hit and three output-sized bool masks."""
+    xn, xpad, copy, yn, _ = _pool_sizes(out, x, kernel, stride, padding, dilation, auto_pad)
+    if phase == "forward":
+        return copy * x.dtype.itemsize
+    return (copy + xpad + yn + (xn if copy else 0)) * x.dtype.itemsize + 3 * yn
+
+
+def _avg_pool2d_workspace(phase, out, x, kernel, stride=None, padding=(0, 0), dilation=(1, 1), auto_pad=0,
+                          count_include_pad=False):
+    """Bytes (see the registry). Forward: x padded (a copy, if padded) and the window counts (a
+    padded plane of ones and two output planes). Backward: g / counts, the zeroed padded dx
+    (cropped by a copy) and the counts."""
+    xn, xpad, copy, yn, plane = _pool_sizes(out, x, kernel, stride, padding, dilation, auto_pad)
+    counts = 2 * plane + 2 * num_elements(out.shape[2:])
+    if phase == "forward":
+        return (copy + counts) * x.dtype.itemsize
+    return (yn + xpad + (xn if copy else 0) + counts) * x.dtype.itemsize
+
+
 def _pool_samples(extra):
     def samples(rng):
         # a coarse grid of distinct values: finite differences never cross a tie
@@ -500,14 +579,14 @@ def _pool_samples(extra):
 
 register(Op(
     "max_pool2d", max_pool2d, _infer_pool, (_max_pool2d_vjp,), _pool_samples({}), attrs=POOL_ATTRS,
-    saves=(0, "y"), batch=_pool_batch(False), flops=_pool_flops,
+    saves=(0, "y"), batch=_pool_batch(False), flops=_pool_flops, workspace=_max_pool2d_workspace,
     doc="max over kh x kw windows of x (N, C, H, W), padded with -inf; the gradient goes to the first "
         "maximal element of each window (as PyTorch); stride defaults to the kernel",
 ))
 register(Op(
     "avg_pool2d", avg_pool2d, _infer_pool, (_avg_pool2d_vjp,), _pool_samples({"count_include_pad": True}),
     attrs={**POOL_ATTRS, "count_include_pad": Attr("bool", False)},
-    saves=(), batch=_pool_batch(True), flops=_pool_flops,
+    saves=(), batch=_pool_batch(True), flops=_pool_flops, workspace=_avg_pool2d_workspace,
     doc="mean over kh x kw windows of x (N, C, H, W); padding counts only with count_include_pad "
         "(default false, as ONNX); stride defaults to the kernel",
 ))

@@ -714,6 +714,19 @@ def class_loss_batch(linear: bool):
 LOSS_ATTRS = {"ignore_index": Attr("int", None), "reduction": Attr("str", "mean")}
 
 
+def class_loss_workspace(forward: int, backward: int):
+    """The ``workspace`` (bytes; see the registry) of a class-indexed loss: ``forward`` /
+    ``backward`` buffers of the scores' size, and per target (labels' size) up to three int64
+    (the safe labels, the counted ones, the bincount's float64 weights) and six of the scores'
+    dtype (picked, weights, coefficients, per-target terms) besides bool masks: with few classes
+    the targets' buffers outweigh the scores'."""
+    def workspace(phase, out, scores, labels, *weight, **_):
+        it = scores.dtype.itemsize
+        big = forward if phase == "forward" else backward
+        return big * num_elements(scores.shape) * it + (26 + 6 * it) * num_elements(labels.shape)
+    return workspace
+
+
 def class_loss_samples(rng, classes_first=True):
     """(scores, labels[, weight]) float64 samples: plain (N, C), weighted with an ignored target,
     rank 4 (N, C, d1, d2) weighted; reduction none/sum when the validator takes strings."""
@@ -748,6 +761,7 @@ register(Op(
     lambda logp, labels, *weight, ignore_index=None, reduction="mean":
         infer_class_loss(logp, labels, *weight, reduction=reduction, what="log_probs"),
     _nll_vjp, _nll_samples, arity=None, attrs=LOSS_ATTRS, batch=class_loss_batch(linear=True),
+    workspace=class_loss_workspace(1, 2),
     doc="PyTorch's nll_loss: inputs log_probs (N, C) or (N, C, d1, ...), integer labels (N,) or "
         "(N, d1, ...), optional class weights (C,); l = -weight[label] log_probs[label] (0 where label == "
         "ignore_index); reduction none, sum or mean (sum / the counted targets' total weight)",
@@ -755,4 +769,4 @@ register(Op(
 
 
 __all__ = ["REDUCTIONS", "LOSS_ATTRS", "class_loss", "class_loss_vjp", "class_loss_batch", "class_loss_samples",
-           "infer_class_loss", "str_attrs_supported"]
+           "class_loss_workspace", "infer_class_loss", "str_attrs_supported"]

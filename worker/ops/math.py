@@ -54,12 +54,13 @@ def _infer_unary(x: TensorSpec, **_: object) -> TensorSpec:
     return x
 
 
-def _unary(name, forward, rule, saves, domain, doc, attrs=None, attr_samples=({},), batch=batching.elementwise):
+def _unary(name, forward, rule, saves, domain, doc, attrs=None, attr_samples=({},), batch=batching.elementwise,
+           workspace=None):
     def samples(rng):
         return [Sample((domain(rng, (3, 4)),), dict(a)) for a in attr_samples]
 
     return register(Op(name, forward, _infer_unary, (rule,), samples, arity=1, attrs=attrs or {},
-                       saves=saves, doc=doc, batch=batch))
+                       saves=saves, doc=doc, batch=batch, workspace=workspace))
 
 
 # ------------------------------------------------------------------ comparisons and logic
@@ -231,8 +232,17 @@ def _erf_grad(x):
     return _TWO_OVER_SQRT_PI * np.exp(-x * x)
 
 
+ERF_BYTES = 14 * 8  # erf's temporaries an element: float64 (whatever x's dtype), ~13 at once (measured: 103 bytes)
+
+
+def _erf_workspace(phase, out, x):
+    """Bytes (see the registry): forward, ``ERF_BYTES`` an element; backward, g * 2/sqrt(pi) exp(-x^2)
+    holds three buffers."""
+    return num_elements(x.shape) * (ERF_BYTES if phase == "forward" else 3 * x.dtype.itemsize)
+
+
 _unary("erf", erf, lambda g, y, x: g * _erf_grad(x), saves=(0,), domain=_uniform(-3, 3),
-       doc="the error function (W. J. Cody's rational approximations, ~1e-15 relative)")
+       workspace=_erf_workspace, doc="the error function (W. J. Cody's rational approximations, ~1e-15 relative)")
 
 # ------------------------------------------------------------------ activations
 
@@ -297,6 +307,18 @@ def _gelu_vjp(g, y, x, approximate="none"):
     return g * (cdf + x * pdf)
 
 
+def _gelu_workspace(phase, out, x, approximate="none"):
+    """Bytes (see the registry). The erf form: erf's temporaries and three (forward) or five
+    (backward: cdf, pdf and their products, the gradient) of x's size; the tanh form holds up to
+    three (forward) or seven (backward) x-sized buffers (measured: 2 and 6)."""
+    it, backward = x.dtype.itemsize, phase == "backward"
+    if approximate == "tanh":
+        per = (7 if backward else 3) * it
+    else:
+        per = ERF_BYTES + (5 if backward else 3) * it
+    return num_elements(x.shape) * per
+
+
 def _infer_gelu(x: TensorSpec, approximate="none") -> TensorSpec:
     if approximate not in ("none", "tanh"):
         raise ShapeError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
@@ -306,7 +328,7 @@ def _infer_gelu(x: TensorSpec, approximate="none") -> TensorSpec:
 register(Op(
     "gelu", _gelu, _infer_gelu, (_gelu_vjp,),
     lambda rng: [Sample((rng.uniform(-3, 3, (3, 4)),), a) for a in ({}, {"approximate": "tanh"})],
-    attrs={"approximate": Attr("str", "none")}, saves=(0,),
+    attrs={"approximate": Attr("str", "none")}, saves=(0,), workspace=_gelu_workspace,
     doc="x * Phi(x) (approximate='none', the erf form) or its tanh approximation (approximate='tanh')",
 ))
 
@@ -447,6 +469,14 @@ def _prod_vjp(g, y, x, axis=None, keepdims=False):
     return _expand(g, x, axis, keepdims) * others
 
 
+def _prod_workspace(phase, out, x, **_):
+    """Bytes (see the registry): the forward reduction holds at most one x-sized buffer; the VJP
+    two bool masks and four x-sized buffers at once (safe, rest / safe, the inner where, others),
+    and the gradient (one more, for margin)."""
+    it = x.dtype.itemsize
+    return num_elements(x.shape) * (it if phase == "forward" else 5 * it + 2)
+
+
 def _prod_samples(rng):
     x = rng.uniform(0.5, 1.5, (3, 4, 2)) * rng.choice([-1.0, 1.0], (3, 4, 2))
     with_zeros = x.copy()
@@ -457,7 +487,7 @@ def _prod_samples(rng):
 
 
 register(Op("prod", _prod, _infer_reduce, (_prod_vjp,), _prod_samples, attrs=REDUCE_ATTRS, saves=(0,),
-            batch=_reduction_rule(None, "a product", False),
+            batch=_reduction_rule(None, "a product", False), workspace=_prod_workspace,
             doc="product over axes (all when axis is None); 1 over an empty axis; the gradient handles zeros"))
 
 

@@ -57,6 +57,23 @@ def _norm_flops(out, x, *rest, **_):
     return 8 * num_elements(x.shape)
 
 
+def _norm_workspace(stats):
+    """Bytes (see the registry) of a normalization whose statistics have ``stats(x_spec, **attrs)``
+    elements: forward, two x-sized buffers (centered, its square; then x_hat) and four of the
+    statistics' size (mean, var, var + epsilon, 1 / sqrt); backward (every rule, run in turn),
+    up to five x-sized (x_hat, dx_hat and three terms of the closed form) and the statistics.
+    The statistics are as large as x when each normalizes one element (layer_norm over an axis
+    of size 1): the default rule's three buffers would not hold them."""
+    def workspace(phase, out, x, *rest, **attrs):
+        big = 2 if phase == "forward" else 5
+        return (big * num_elements(x.shape) + 4 * stats(x, **attrs)) * x.dtype.itemsize
+    return workspace
+
+
+def _channels(x, **_):
+    return 1 if x.ndim < 2 or x.shape[1] is None else x.shape[1]
+
+
 def _require_channels(op, x, *vectors, names):
     require_float(x, *vectors)
     require_same_dtype(x, *vectors)
@@ -137,6 +154,7 @@ register(Op(
     "batch_norm", batch_norm, _infer_bn,
     (_bn_dx, _bn_dscale, lambda g, y, x, *rest, **attrs: np.sum(g, axis=_not_channel(g)), None, None),
     _bn_samples, arity=5, attrs=BN_ATTRS, saves=(0, 1, 3, 4), batch=_bn_batch, flops=_norm_flops,
+    workspace=_norm_workspace(_channels),
     doc="batch_norm(x, scale, bias, running_mean, running_var): x (N, C, ...) normalized per channel with "
         "the batch's statistics over N and the spatial axes (training=true; couples examples) or the given "
         "running statistics (training=false, the default); running statistics are not differentiated "
@@ -160,6 +178,10 @@ def _ln_dx(g, y, x, scale, bias, axis=-1, epsilon=1e-5):
     axes = _ln_axes(x, axis)
     xhat, inv_std = _standardize(x, axes, epsilon)
     return _standardize_vjp(g * scale, xhat, inv_std, axes)
+
+
+def _ln_stats(x, axis=-1, **_):
+    return num_elements(x.shape[:axis % x.ndim])
 
 
 def _ln_lead(x, axis):
@@ -206,7 +228,7 @@ register(Op(
     "layer_norm", layer_norm, _infer_ln,
     (_ln_dx, _ln_dscale, lambda g, y, x, scale, bias, axis=-1, epsilon=1e-5: np.sum(g, axis=_ln_lead(x, axis))),
     _ln_samples, arity=3, attrs={"axis": Attr("int", -1), "epsilon": Attr("float", 1e-5)},
-    saves=(0, 1), batch=_ln_batch, flops=_norm_flops,
+    saves=(0, 1), batch=_ln_batch, flops=_norm_flops, workspace=_norm_workspace(_ln_stats),
     doc="layer_norm(x, scale, bias): x normalized over the axes from axis (default -1) on, then scaled and "
         "shifted elementwise (scale, bias: x.shape[axis:]), as ONNX LayerNormalization",
 ))
@@ -243,6 +265,14 @@ def _gn_dbias(g, y, x, *rest, **_):
     return np.sum(g, axis=_not_channel(g))
 
 
+def _gn_stats(x, num_groups=1, **_):
+    return num_elements(x.shape[:1]) * num_groups
+
+
+def _in_stats(x, **_):
+    return num_elements(x.shape[:2])
+
+
 def _infer_gn(x, scale, bias, num_groups=1, **_):
     _require_channels("group_norm", x, scale, bias, names=("scale", "bias"))
     if num_groups < 1 or (x.shape[1] is not None and x.shape[1] % num_groups):
@@ -260,7 +290,7 @@ def _gn_samples(rng):
 register(Op(
     "group_norm", group_norm, _infer_gn, (_gn_dx, _gn_dscale, _gn_dbias), _gn_samples, arity=3,
     attrs={"num_groups": Attr("int"), "epsilon": Attr("float", 1e-5)}, saves=(0, 1),
-    batch=_per_example("group_norm"), flops=_norm_flops,
+    batch=_per_example("group_norm"), flops=_norm_flops, workspace=_norm_workspace(_gn_stats),
     doc="group_norm(x, scale, bias): x (N, C, ...) normalized per example over groups of C/num_groups channels "
         "and the spatial axes, then scaled and shifted per channel (scale, bias: (C,))",
 ))
@@ -290,6 +320,7 @@ register(Op(
     "instance_norm", lambda x, scale, bias, epsilon=1e-5: group_norm(x, scale, bias, x.shape[1], epsilon), _infer_in,
     (_instance(_gn_dx), _instance(_gn_dscale), _gn_dbias), _in_samples, arity=3,
     attrs={"epsilon": Attr("float", 1e-5)}, saves=(0, 1), batch=_per_example("instance_norm"), flops=_norm_flops,
+    workspace=_norm_workspace(_in_stats),
     doc="instance_norm(x, scale, bias): x (N, C, spatial...) normalized per example and channel over the spatial "
         "axes, then scaled and shifted per channel (ONNX InstanceNormalization)",
 ))
@@ -340,6 +371,15 @@ def _dropout_vjp(g, y, x, rows=None, ratio=0.5, seed=0, training=True):
     return (g * dropout_keep(g.shape, rows, ratio, seed) * _dropout_scale(g, ratio), None)
 
 
+def _dropout_workspace(phase, out, x, *rows, **_):
+    """Bytes (see the registry), either phase: the hash is uint64 whatever x's dtype, the mask
+    held with a shifted copy and the comparison's bools (17 bytes an element), the per-row keys
+    (up to six uint64 a row) and the per-element counters (two); then x (or g) times the mask."""
+    n = x.shape[0] if x.ndim and x.shape[0] is not None else 1
+    e = num_elements(x.shape)
+    return (17 + x.dtype.itemsize) * e + 48 * n + 16 * (e // max(n, 1))
+
+
 def _infer_dropout(*specs, ratio=0.5, **_):
     if len(specs) not in (1, 2):
         raise ShapeError(f"dropout takes (x) or (x, rows), got {len(specs)} inputs")
@@ -380,7 +420,7 @@ def _dropout_samples(rng):
 register(Op(
     "dropout", dropout, _infer_dropout, _dropout_vjp, _dropout_samples, arity=None,
     attrs={"ratio": Attr("float", 0.5), "seed": Attr("int", 0), "training": Attr("bool", True)},
-    saves=None, batch=_dropout_batch,  # rows (input 1) when given; saves may not name an absent input
+    saves=None, batch=_dropout_batch, workspace=_dropout_workspace,  # rows (input 1) when given; saves may not name an absent input
     doc="dropout(x[, rows]): zero each element with probability ratio and scale the rest by 1/(1-ratio) "
         "(training=true), else the identity. The mask is a counter-based hash of (seed, row index, element "
         "index within the example): pass rows (int, one per example of x, e.g. the dataset indices) to make it "

@@ -12,6 +12,7 @@ from .indexing import (
     class_loss_batch,
     class_loss_samples,
     class_loss_vjp,
+    class_loss_workspace,
     infer_class_loss,
 )
 from .registry import (
@@ -205,6 +206,7 @@ def _sce_vjp(g, y, logits, labels, *weight, ignore_index=None, reduction="mean")
 register(Op(
     "softmax_cross_entropy", _sce_forward, _infer_sce, _sce_vjp, class_loss_samples,
     arity=None, attrs=LOSS_ATTRS, batch=class_loss_batch(linear=False),  # saves all: the weights are optional
+    workspace=class_loss_workspace(3, 5),  # log_softmax's shifted logits and exp; then log_softmax, softmax, grad
     doc="-log softmax(logits)[label] over the class axis 1 (PyTorch's cross_entropy with integer targets): "
         "logits (batch, classes) or (batch, classes, d1, ...), integer labels (batch,) or (batch, d1, ...), "
         "optional class weights (classes,); ignore_index; reduction mean (default: over the batch; weighted: "

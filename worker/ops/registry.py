@@ -23,6 +23,21 @@ An op holds, side by side:
 * ``flops(out_spec, *in_specs, **attrs) -> int``: the forward pass's floating-point
   operations, for the admission estimate (``worker/budget.py``). ``None``: one per element
   of the largest operand, input or output (right for elementwise ops and reductions).
+* ``workspace(phase, out_spec, *in_specs, **attrs) -> int``: the BYTES of temporaries the
+  kernel holds at its peak, for the admission estimate's memory model (``worker/budget.py``):
+  ``phase="forward"``, besides its inputs and its output; ``phase="backward"``, the VJP with
+  every rule run (``vjp_for`` may skip some), besides ``g``, ``y`` and the inputs and
+  *including* the gradients it makes at their full size (a padded buffer before its crop, a
+  product before ``unbroadcast``; the estimate counts the gradients once more: over, never
+  under). Count what the code allocates (the peak of a sequence of NumPy expressions, without
+  relying on NumPy eliding temporaries); the estimate adds ``BUFFERS`` a step for NumPy's ufunc
+  buffers and array objects. Unknown (None) dims count as 1, as in ``num_elements``. ``None``:
+  ``WORKSPACE`` (3) buffers as large as the largest operand, input or output: right for
+  elementwise ops, reductions and layout ops. Declared by kernels whose temporaries outgrow
+  their operands (conv2d's im2col columns, kh*kw times x; padded copies; matmul's broadcast
+  products) or outnumber three (erf and gelu, computed in float64; prod's VJP; normalizations,
+  whose statistics are as large as x over an axis of size 1; dropout's uint64 hash; the class
+  losses' per-target buffers, larger than the scores' with few classes).
 * ``samples(rng) -> [Sample]``: float64 test inputs inside the op's domain. The test
   suite checks every registered op with them; an op without samples fails it.
 """
@@ -80,6 +95,7 @@ class Op:
     broadcast: bool = False
     doc: str = ""
     flops: Callable[..., int] | None = None  # flops(out_spec, *in_specs, **attrs); see the module docstring
+    workspace: Callable[..., int] | None = None  # workspace(phase, out_spec, *in_specs, **attrs) -> bytes; ditto
     batch: Callable[..., batching.Batch] = batching.elementwise  # see the module docstring
 
     def differentiable(self, n_inputs: int) -> tuple[bool, ...]:

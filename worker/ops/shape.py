@@ -112,11 +112,25 @@ def _matmul_flops(out: TensorSpec, a: TensorSpec, b: TensorSpec) -> int:
     return 2 * num_elements(out.shape) * (1 if k is None else k)
 
 
+def _matmul_workspace(phase, out: TensorSpec, a: TensorSpec, b: TensorSpec) -> int:
+    """Bytes (see the registry). Forward: none (BLAS or NumPy's loop on the operands as they are);
+    counted as a copy of each, for margin. Backward: each rule's product before ``unbroadcast``
+    has the output's batch dims and its operand's matrix, (batch, M, K) and (batch, K, N) — far
+    more than the operand where one batch dim is broadcast (a (1, M, K) @ b (B, K, 1): B*M*K);
+    the executor holds both products, then both sums."""
+    a_shape = (1,) + a.shape if a.ndim == 1 else a.shape
+    b_shape = b.shape + (1,) if b.ndim == 1 else b.shape
+    if phase == "forward":
+        return (num_elements(a_shape) + num_elements(b_shape)) * a.dtype.itemsize
+    batch = num_elements(broadcast_dims(a_shape[:-2], b_shape[:-2]))
+    return batch * (num_elements(a_shape[-2:]) + num_elements(b_shape[-2:])) * a.dtype.itemsize
+
+
 # broadcast=True: the executor sums each gradient over broadcast batch dimensions.
 register(Op(
     "matmul", np.matmul, _infer_matmul,
     (_matmul_vjp_a, _matmul_vjp_b),
-    _matmul_samples, arity=2, saves=(0, 1), broadcast=True, batch=_matmul_batch,
+    _matmul_samples, arity=2, saves=(0, 1), broadcast=True, batch=_matmul_batch, workspace=_matmul_workspace,
     doc="a @ b over the last two dimensions; leading dimensions broadcast; a 1-D operand is "
         "promoted and the added dimension removed, as np.matmul", flops=_matmul_flops,
 ))
