@@ -558,7 +558,7 @@ BAD_OPTIMIZER_JSON = [
     ('{"name": "adam", "lr": 0.1, "eps": null}', "adam: eps must be a number, got None"),
     ('{"name": "sgd", "lr": -0.5}', "SGD: lr must be > 0, got -0.5"),
     ('{"name": "sgd", "lr": 0.1, "momentum": -0.9}', "SGD: momentum must be >= 0, got -0.9"),
-    ('{"name": "adamw", "lr": 0.1, "weight_decay": -1}', "Adam: weight_decay must be >= 0, got -1.0"),
+    ('{"name": "adamw", "lr": 0.1, "weight_decay": -1}', "AdamW: weight_decay must be >= 0, got -1.0"),
 ]
 
 
