@@ -122,53 +122,57 @@ def _offsets(kernel, stride, dilation, out):
 # ------------------------------------------------------------------ conv kernels (resolved geometry)
 
 
-def _cols(x, kernel, stride, dilation, pads, groups):
-    """im2col: (groups, N*Ho*Wo, C/groups*kh*kw), one copy of the windows."""
+def _channel_cols(x, kernel, stride, dilation, pads, groups):
+    """im2col, channel-major: (N, groups, C/groups*kh*kw, Ho*Wo), one copy of the windows whose
+    innermost run (a row of output pixels) is read along x's rows (3x faster to gather than
+    pixel-major columns) and which, times W, is already NCHW."""
     n, c = x.shape[:2]
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    xp = _pad(x, pads)
-    win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = sliding_window_view(_pad(x, pads), ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
     ho, wo = win.shape[2:4]
-    win = win.reshape(n, groups, c // groups, ho, wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
-    return win.reshape(groups, n * ho * wo, (c // groups) * kh * kw), (ho, wo)
-
-
-def _gmat(g, groups):
-    """(N, Cout, Ho, Wo) -> (groups, N*Ho*Wo, Cout/groups)."""
-    n, co, ho, wo = g.shape
-    return g.reshape(n, groups, co // groups, ho, wo).transpose(1, 0, 3, 4, 2).reshape(groups, n * ho * wo, co // groups)
+    return win.transpose(0, 1, 4, 5, 2, 3).reshape(n, groups, (c // groups) * kh * kw, ho * wo), (ho, wo)
 
 
 def _conv(x, w, stride, dilation, pads, groups):
     co, _, kh, kw = w.shape
-    cols, (ho, wo) = _cols(x, (kh, kw), stride, dilation, pads, groups)
-    wmat = w.reshape(groups, co // groups, -1)
-    y = np.matmul(cols, wmat.transpose(0, 2, 1))  # (groups, N*Ho*Wo, Cout/groups)
-    n = x.shape[0]
-    y = y.reshape(groups, n, ho, wo, co // groups).transpose(1, 0, 4, 2, 3).reshape(n, co, ho, wo)
-    return np.ascontiguousarray(y)
+    cols, (ho, wo) = _channel_cols(x, (kh, kw), stride, dilation, pads, groups)
+    y = np.matmul(w.reshape(1, groups, co // groups, -1), cols)  # (N, groups, Cout/groups, Ho*Wo)
+    return y.reshape(x.shape[0], co, ho, wo)
 
 
 def _conv_dw(x, g, w_shape, stride, dilation, pads, groups):
+    """g times x's columns, summed over examples and pixels: per-example products summed when
+    they are no larger than the columns (Cout/groups <= Ho*Wo), else one GEMM over
+    examples x pixels (the columns regathered pixel-major, small when the image is)."""
     co, _, kh, kw = w_shape
-    cols, _ = _cols(x, (kh, kw), stride, dilation, pads, groups)
-    dw = np.matmul(_gmat(g, groups).transpose(0, 2, 1), cols)  # (groups, Cout/groups, C/groups*kh*kw)
+    cols, (ho, wo) = _channel_cols(x, (kh, kw), stride, dilation, pads, groups)  # (N, groups, K, Ho*Wo)
+    n, cog = x.shape[0], co // groups
+    gm = g.reshape(n, groups, cog, ho * wo)
+    if cog <= ho * wo:
+        dw = np.matmul(gm, cols.transpose(0, 1, 3, 2)).sum(axis=0)  # (groups, Cout/groups, K)
+    else:
+        dw = np.matmul(gm.transpose(1, 2, 0, 3).reshape(groups, cog, -1),
+                       cols.transpose(1, 0, 3, 2).reshape(groups, n * ho * wo, -1))
     return dw.reshape(w_shape)
 
 
 def _conv_dx(g, w, x_shape, stride, dilation, pads, groups):
-    """col2im of g @ W: the adjoint of ``_conv`` in x (conv_transpose2d's forward)."""
+    """col2im of W^T g: the adjoint of ``_conv`` in x (conv_transpose2d's forward). The columns
+    are channel-major, so each kernel offset adds a block whose rows are contiguous."""
     n, c, h, wd = x_shape
     co, cg, kh, kw = w.shape
     ho, wo = g.shape[2:]
-    dcols = np.matmul(_gmat(g, groups), w.reshape(groups, co // groups, -1))  # (groups, N*Ho*Wo, cg*kh*kw)
-    dcols = dcols.reshape(groups, n, ho, wo, cg, kh, kw)
+    wt = w.reshape(1, groups, co // groups, cg * kh * kw).transpose(0, 1, 3, 2)
+    dcols = np.matmul(wt, g.reshape(n, groups, co // groups, ho * wo))  # (N, groups, cg*kh*kw, Ho*Wo)
+    dcols = dcols.reshape(n, groups * cg, kh, kw, ho, wo)
     t, left, b, r = pads
-    dxp = np.zeros((n, groups, cg, h + t + b, wd + left + r), dtype=g.dtype)
+    if not any(pads) and (kh, kw) == (1, 1) and tuple(stride) == (1, 1):
+        return dcols[:, :, 0, 0]
+    dxp = np.zeros((n, c, h + t + b, wd + left + r), dtype=g.dtype)
     for i, j, rs, cs in _offsets((kh, kw), stride, dilation, (ho, wo)):
-        dxp[:, :, :, rs, cs] += dcols[..., i, j].transpose(1, 0, 4, 2, 3)  # strided views, no copy
-    return dxp.reshape(n, c, h + t + b, wd + left + r)[:, :, t:t + h, left:left + wd]
+        dxp[:, :, rs, cs] += dcols[:, :, i, j]
+    return dxp[:, :, t:t + h, left:left + wd]
 
 
 # ------------------------------------------------------------------ conv2d
@@ -190,11 +194,22 @@ def conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=
     return _bias_add(_conv(x, w, s, d, pads, groups), b)
 
 
-def _conv2d_vjp(g, y, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, auto_pad=0):
+def _conv2d_dx(g, y, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, auto_pad=0):
     s, d, pads = _conv_geometry(x.shape, w.shape, stride, padding, dilation, auto_pad)
-    return (np.ascontiguousarray(_conv_dx(g, w, x.shape, s, d, pads, groups)),  # not a view of the padded buffer
-            _conv_dw(x, g, w.shape, s, d, pads, groups),
-            None if b is None else g.sum(axis=(0, 2, 3)))
+    return np.ascontiguousarray(_conv_dx(g, w, x.shape, s, d, pads, groups))  # not a view of the padded buffer
+
+
+def _conv2d_dw(g, y, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, auto_pad=0):
+    s, d, pads = _conv_geometry(x.shape, w.shape, stride, padding, dilation, auto_pad)
+    return _conv_dw(x, g, w.shape, s, d, pads, groups)
+
+
+def _bias_grad(g, *_, **__):
+    return g.sum(axis=(0, 2, 3))
+
+
+# one rule per input: a first layer's dx (its input is data) is never computed
+_CONV2D_VJP = (_conv2d_dx, _conv2d_dw, _bias_grad)
 
 
 def _dim_eq(a, b):
@@ -285,6 +300,7 @@ def _conv2d_samples(rng):
         ((2, 4, 5, 6), (4, 2, 2, 2), True, {"groups": 2, "dilation": [2, 1], "padding": [1, 1]}),
         ((1, 2, 5, 4), (3, 2, 3, 2), True, {"auto_pad": 1, "stride": [2, 2]}),
         ((1, 2, 4, 4), (2, 1, 3, 3), False, {"auto_pad": 2, "groups": 2}),
+        ((2, 3, 3, 3), (8, 3, 3, 3), True, {}),  # more output channels than pixels: dw by one GEMM
     ]
     out = []
     for xs, ws, bias, attrs in cases:
@@ -294,7 +310,7 @@ def _conv2d_samples(rng):
 
 
 register(Op(
-    "conv2d", conv2d, _infer_conv2d, _conv2d_vjp, _conv2d_samples, arity=None, attrs=CONV_ATTRS,
+    "conv2d", conv2d, _infer_conv2d, _CONV2D_VJP, _conv2d_samples, arity=None, attrs=CONV_ATTRS,
     saves=(0, 1), batch=_linear_image_batch, flops=_conv_flops, workspace=_conv2d_workspace,
     doc="conv2d(x, w[, b]): 2-D convolution (cross-correlation) of x (N, C, H, W) with w (Cout, C/groups, kh, kw); "
         "stride, padding (2 or 4 ints), dilation, groups, auto_pad (0 NOTSET, 1 SAME_UPPER, 2 SAME_LOWER, 3 VALID)",
@@ -472,12 +488,16 @@ def _max_pool2d_vjp(g, y, x, kernel, stride=None, padding=(0, 0), dilation=(1, 1
     n, c, h, w = x.shape
     dxp = np.zeros(xp.shape, dtype=g.dtype)
     free = np.ones(y.shape, bool)  # windows whose maximum is not yet found
-    hit = np.empty(y.shape, bool)
+    hit, share = np.empty(y.shape, bool), np.empty(g.shape, g.dtype)
+    tiled = all(si >= (ki - 1) * di + 1 for ki, si, di in zip(k, s, d))  # windows do not overlap
     for _, _, rs, cs in _offsets(k, s, d, out):
         np.equal(xp[:, :, rs, cs], y, out=hit)
         hit &= free
-        free &= ~hit
-        dxp[:, :, rs, cs] += g * hit
+        free ^= hit  # hit lies within free
+        if tiled:  # each pixel in one window: write in place, no temporary
+            np.multiply(g, hit, out=dxp[:, :, rs, cs])
+        else:
+            dxp[:, :, rs, cs] += np.multiply(g, hit, out=share)
     return np.ascontiguousarray(dxp[:, :, t:t + h, left:left + w])  # not a view of the padded buffer
 
 
