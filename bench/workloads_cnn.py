@@ -1,7 +1,12 @@
 """A small CNN's step (issue 13): two 3x3 conv layers of 32 and 64 channels, ReLU, 2x2 max-pool,
 a linear layer; 32x32x3 inputs, batch 128, float32, forward and backward. gw.local() against a
 hand-written NumPy im2col reference (target <= 1.1x) and PyTorch CPU with the same threads
-(target <= 1.5x; unavailable when torch is not installed), peak memory beside each."""
+(target <= 1.5x; unavailable when torch is not installed), peak memory beside each.
+
+Two floor rows explain the gap to PyTorch, measured in the same run: the step's GEMMs alone
+(what BLAS needs, in the layouts gradwire uses) and gradwire's convolution kernels alone (forward,
+dw of both layers and the second layer's dx: im2col gathers, the GEMMs and col2im), as if every
+other op (ReLU, pooling, bias, the loss) were free."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view as swv
 
 from .registry import Config, Row, row, workload
-from .timing import peak_memory, summarize
+from .timing import median, peak_memory, summarize
 from .workloads_service import paired_ratio, scaled_repeats, timed
 
 NUMPY_TARGET, TORCH_TARGET = 1.1, 1.5
@@ -106,6 +111,37 @@ def _torch_step(params, batch):
     return step
 
 
+def _floors(params, batch):
+    """``(gemms, convolutions)``: the step's GEMMs alone, and its convolution kernels alone."""
+    from ..worker.ops.conv import _channel_cols, _conv, _conv_dw, _conv_dx
+
+    s, d, pads, one = (1, 1), (1, 1), (1, 1, 1, 1), 1
+    x1 = batch["x"]
+    n = x1.shape[0]
+    w1, w2 = params["w1"], params["w2"]
+    x2 = np.zeros((n, w1.shape[0], x1.shape[2] // 2, x1.shape[3] // 2), x1.dtype)  # after the first pool
+    g1 = np.ones((n, w1.shape[0]) + x1.shape[2:], x1.dtype)
+    g2 = np.ones((n, w2.shape[0]) + x2.shape[2:], x1.dtype)
+    cols1, cols2 = (_channel_cols(x, w.shape[2:], s, d, pads, one)[0] for x, w in ((x1, w1), (x2, w2)))
+    mats = [(w.reshape(1, 1, w.shape[0], -1), c, g.reshape(n, 1, w.shape[0], -1))
+            for w, c, g in ((w1, cols1, g1), (w2, cols2, g2))]
+
+    def gemms():
+        for wm, cols, gm in mats:
+            np.matmul(wm, cols)  # forward
+            np.matmul(gm, cols.transpose(0, 1, 3, 2))  # dw, before the sum over examples
+        wm, _, gm = mats[1]
+        np.matmul(wm.transpose(0, 1, 3, 2), gm)  # the second layer's dx, before col2im
+
+    def convolutions():
+        for x, w, g in ((x1, w1, g1), (x2, w2, g2)):
+            _conv(x, w, s, d, pads, one)
+            _conv_dw(x, g, w.shape, s, d, pads, one)
+        _conv_dx(g2, w2, x2.shape, s, d, pads, one)
+
+    return gemms, convolutions
+
+
 @workload("cnn")
 def cnn(cfg: Config) -> list[Row]:
     import gradwire as gw
@@ -117,11 +153,15 @@ def cnn(cfg: Config) -> list[Row]:
     ref_loss, ref_grads = ref(params, batch)
     worst = max(float(np.abs(grads[k] - ref_grads[k]).max() / (np.abs(ref_grads[k]).max() + 1e-30)) for k in params)
     variants = {"gradwire": lambda: engine.value_and_grad(g, params, batch), "numpy": lambda: ref(params, batch)}
+    variants["floor_gemms"], variants["floor_convolutions"] = _floors(params, batch)
     torch_step = _torch_step(params, batch)
     if torch_step is not None:
         variants["torch"] = torch_step
-    samples = timed(variants, scaled_repeats(cfg, "cnn", 12, floor=3), max(1, cfg.warmup))
-    memory = {name: peak_memory(fn) for name, fn in variants.items()}
+    repeats = scaled_repeats(cfg, "cnn", 12, floor=3)
+    samples = timed(variants, repeats, max(1, cfg.warmup))
+    if torch_step is not None:  # interleaved, torch's threads meet OpenBLAS's still spinning: alone, too
+        samples["torch_alone"] = timed({"torch": torch_step}, repeats, max(1, cfg.warmup))["torch"]
+    memory = {name: peak_memory(fn) for name, fn in variants.items() if not name.startswith("floor")}
     rows = [row("cnn/numpy im2col reference", stats=summarize(samples["numpy"]), peak_bytes=memory["numpy"],
                 notes=f"batch {n}; gradwire's gradients within {worst:.1e} of it (relative)"),
             row("cnn/gradwire vs numpy", stats=summarize(samples["gradwire"]), peak_bytes=memory["gradwire"],
@@ -130,7 +170,18 @@ def cnn(cfg: Config) -> list[Row]:
     if torch_step is None:
         rows.append(row("cnn/gradwire vs torch", notes="unavailable: torch is not installed"))
     else:
-        rows.append(row("cnn/gradwire vs torch", stats=summarize(samples["torch"]),
-                        ratio=paired_ratio(samples["gradwire"], samples["torch"]), target=TORCH_TARGET,
-                        notes="torch's peak memory is not traced by tracemalloc"))
+        rows.append(row("cnn/gradwire vs torch, interleaved", stats=summarize(samples["torch"]),
+                        ratio=paired_ratio(samples["gradwire"], samples["torch"]),
+                        notes="rounds interleaved with the NumPy variants, whose BLAS threads still spin "
+                              "beside torch's; torch's peak memory is not traced by tracemalloc"))
+        rows.append(row("cnn/gradwire vs torch run alone", stats=summarize(samples["torch_alone"]),
+                        ratio=median(samples["gradwire"]) / median(samples["torch_alone"]), target=TORCH_TARGET,
+                        notes="torch's steps back to back after the interleaved rounds; ratio of medians"))
+    baseline = "torch_alone" if torch_step is not None else "gradwire"
+    for key, what in (("floor_gemms", "the step's GEMMs alone"),
+                      ("floor_convolutions", "gradwire's convolution kernels alone (im2col, GEMMs, col2im)")):
+        rows.append(row(f"cnn/floor: {what}", stats=summarize(samples[key]),
+                        ratio=median(samples[key]) / median(samples[baseline]),
+                        notes=f"ratio = this / {'torch run alone' if torch_step is not None else 'a gradwire step'}; "
+                              "every other op free"))
     return rows
