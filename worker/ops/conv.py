@@ -276,10 +276,12 @@ def _padded_elements(x_shape, pads) -> int:
 
 def _conv2d_workspace(phase, out, x, w, *rest, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                       auto_pad=0):
-    """Bytes (see the registry): ``_cols`` pads x (a copy, if padded) and copies its windows,
-    N*Ho*Wo*C*kh*kw elements (kh*kw times x for stride 1); the GEMM's result is transposed into the
-    output by one more copy. Backward: dx = col2im(g @ W) holds g's matrix, the columns and the
-    zeroed padded dx (cropped by a copy); then dw holds dx, and im2col again beside g's matrix."""
+    """Bytes (see the registry). Forward: x padded (a copy, if padded) and its channel-major
+    columns, N*Ho*Wo*C*kh*kw elements (kh*kw times x for stride 1); then the GEMM's output.
+    Backward, one rule at a time: dx = col2im(W^T g) holds the columns of dx and the zeroed padded
+    dx (cropped by a copy); then dw, beside dx, regathers x's columns and multiplies: per-example
+    products (N*Cout*K) summed, or for images smaller than Cout/groups pixels, g and the columns
+    regathered pixel-major."""
     xs, ws, ys = _known(x.shape), _known(w.shape), num_elements(out.shape)
     pads = _conv_geometry(xs, ws, stride, padding, dilation, auto_pad)[2]
     xn, wn, xpad = num_elements(xs), num_elements(ws), _padded_elements(xs, pads)
@@ -288,8 +290,10 @@ def _conv2d_workspace(phase, out, x, w, *rest, stride=(1, 1), padding=(0, 0), di
     if phase == "forward":
         elements = cols + max(copy, ys)
     else:
-        dx = max(ys + cols, cols + xpad, xpad + (xn if any(pads) else 0))
-        elements = max(dx, xn + max(copy + cols, cols + ys + wn)) + ws[0]
+        pixels, per_group = num_elements(out.shape[2:]), ws[0] // groups
+        products = ys // pixels * num_elements(ws[1:]) if per_group <= pixels else ys + cols
+        dx = max(cols + xpad, xpad + xn)
+        elements = max(dx, xn + max(copy + cols, cols + products + wn)) + ws[0]
     return elements * x.dtype.itemsize
 
 
@@ -393,7 +397,7 @@ def _conv_transpose2d_workspace(phase, out, x, w, *rest, stride=(1, 1), padding=
     kh*kw/(sh*sw) times the output. Forward (col2im of x @ W): x's matrix and the columns, then
     the columns and the zeroed padded output (cropped by a copy, if padded). Backward: dx = conv2d
     of g (g padded, its columns, the GEMM's result and dx), then dw holds dx and g's columns again
-    beside x's matrix."""
+    beside the products with x (per example, N*Cin*K, or x and the columns regathered)."""
     xs, ws, ys = _known(x.shape), _known(w.shape), _known(out.shape)
     pads = _transpose_geometry(xs, ws, stride, padding, output_padding, dilation, groups)[2]
     xn, wn, ypad = num_elements(xs), num_elements(ws), _padded_elements(ys, pads)
@@ -402,7 +406,9 @@ def _conv_transpose2d_workspace(phase, out, x, w, *rest, stride=(1, 1), padding=
     if phase == "forward":
         elements = cols + max(xn, copy)
     else:
-        elements = xn + cols + max(copy, xn + wn) + ys[1]
+        pixels, per_group = num_elements(xs[2:]), xs[1] // groups
+        products = xs[0] * xs[1] * num_elements(ws[1:]) if per_group <= pixels else xn + cols
+        elements = xn + cols + max(copy, xn + wn, products + wn) + ys[1]
     return elements * x.dtype.itemsize
 
 
