@@ -173,3 +173,55 @@ def test_remaining_ops_match_torch():
     bt = p["P"].broadcast_to(3, 4)
     loss = (r * r).mean() + (bt * p["Q"]).sum() + (-(p["Q"] - xt)).mean() + (p["Q"].T @ p["Q"]).sum()
     _compare(result, loss, p, {"x": xt})
+
+
+# ---------------------------------------------------------------- convolutions over random geometries
+
+
+def _geometry(rng, transpose: bool) -> dict:
+    groups = int(rng.choice([1, 2]))
+    return {"groups": groups, "cin": groups * int(rng.integers(1, 4)), "cout": groups * int(rng.integers(1, 5)),
+            "kernel": tuple(int(k) for k in rng.integers(1, 4, 2)), "stride": tuple(int(s) for s in rng.integers(1, 3, 2)),
+            "dilation": tuple(int(d) for d in rng.integers(1, 3, 2)),
+            "padding": tuple(int(p) for p in rng.integers(0, 2 if transpose else 3, 2)),
+            "size": tuple(int(s) for s in rng.integers(1, 9, 2)), "n": int(rng.integers(1, 4))}
+
+
+def _conv_case(rng, transpose: bool):
+    """A random conv2d or conv_transpose2d (stride, dilation, padding, groups, output_padding) and
+    torch's answer, or None where torch refuses the geometry too."""
+    geo = _geometry(rng, transpose)
+    cin, cout, groups = geo["cin"], geo["cout"], geo["groups"]
+    x = rng.normal(size=(geo["n"], cin) + geo["size"])
+    w = rng.normal(size=(cin, cout // groups) + geo["kernel"] if transpose else (cout, cin // groups) + geo["kernel"])
+    b = rng.normal(size=cout)
+    attrs = {"stride": list(geo["stride"]), "padding": list(geo["padding"]), "dilation": list(geo["dilation"]),
+             "groups": groups}
+    if transpose:
+        attrs["output_padding"] = [int(rng.integers(0, s)) for s in geo["stride"]]
+    ts = {k: _t(a, grad=True) for k, a in (("x", x), ("w", w), ("b", b))}
+    torch_op = F.conv_transpose2d if transpose else F.conv2d
+    try:
+        y = torch_op(ts["x"], ts["w"], ts["b"], **{k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()})
+    except RuntimeError:  # e.g. the kernel does not fit the padded input
+        return None
+    return {"x": x, "w": w, "b": b}, attrs, ts, y
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["conv2d", "conv_transpose2d"])
+def test_convolutions_match_torch_over_random_geometries(transpose):
+    rng = np.random.default_rng(7)
+    checked = 0
+    while checked < 60:
+        case = _conv_case(rng, transpose)
+        if case is None:
+            continue
+        arrays, attrs, ts, y = case
+        weights = rng.normal(size=tuple(y.shape))
+        g = gw.Graph()
+        v = {k: g.param(k, a.shape, "float64") for k, a in arrays.items()}
+        op = gw.conv_transpose2d if transpose else gw.conv2d
+        g.set_loss(gw.sum(op(v["x"], v["w"], v["b"], **attrs) * g.const(weights, "float64")))
+        result = gw.local().run(g, arrays, {})
+        _compare(result, (y * _t(weights)).sum(), ts)
+        checked += 1
