@@ -137,6 +137,16 @@ def _ms(seconds: list[float]) -> list[float]:
     return [round(s * 1e3, 3) for s in seconds]
 
 
+def _alone_row(variants, cfg: Config, common: dict) -> Row:
+    """Each variant timed back to back on its own: interleaved with NumPy's calls, torch's
+    OpenMP threads meet OpenBLAS's threads still spinning (on 2 cores torch slowed ~1.6x)."""
+    alone = {name: median(interleaved({name: fn}, repeats=cfg.repeats, warmup=cfg.warmup)[name]) * 1e3
+             for name, fn in variants.items()}
+    return row("mlp/run alone: engine vs torch", ratio=alone["engine"] / alone["torch"],
+               notes=f"medians run alone: engine {alone['engine']:.1f} ms, numpy {alone['numpy']:.1f} ms, "
+                     f"torch {alone['torch']:.1f} ms; ratio = engine / torch", **common)
+
+
 @workload("mlp")
 def mlp(cfg: Config) -> list[Row]:
     """MLP 784-512-512-10 (relu, sigmoid, softmax CE), float32: one value_and_grad per call."""
@@ -226,6 +236,7 @@ def mlp(cfg: Config) -> list[Row]:
                               f"torch threads={torch.get_num_threads()}",
                         paired_ratio=paired("torch"), torch_threads=torch.get_num_threads(),
                         samples_ms=_ms(samples["torch"]), **common))
+        rows.append(_alone_row(variants, cfg, common))
     else:
         rows.append(row("mlp/torch autograd", notes=torch_note))
     rows.append(row("mlp/peak memory", ratio=mem_ratio, target=MLP_MEMORY_TARGET,
