@@ -689,10 +689,10 @@ class IdealTrainPool:
     in shared memory and applies SGD to the shared parameters. No framework, no transport."""
 
     def __init__(self, n_workers: int, batch: int, lr: float):
-        import multiprocessing as mp
         from multiprocessing import shared_memory
 
         from .workloads_core import mlp_data
+        from .workloads_ray import start_children
 
         params0, _ = mlp_data(1, 0)
         self.lr = np.float32(lr)
@@ -710,16 +710,8 @@ class IdealTrainPool:
                     names[key] = shm.name
                     store[k] = np.ndarray(v.shape, v.dtype, buffer=shm.buf)
                     store[k][...] = v if i == 0 else 0
-            ctx = mp.get_context("spawn")
-            for rank in range(n_workers):
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_ideal_train_worker, args=(child, rank, n_workers, batch, names),
-                                   daemon=True, name=f"gradwire-bench-ideal-train-{rank}")
-                proc.start()
-                child.close()
-                self.conns.append(parent)
-                self.procs.append(proc)
-            ready = [c.recv() for c in self.conns]
+            ready = start_children(n_workers, _ideal_train_worker, lambda rank: (rank, n_workers, batch, names),
+                                   "gradwire-bench-ideal-train", self.conns, self.procs)
         except BaseException:
             self.close()
             raise

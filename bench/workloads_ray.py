@@ -178,6 +178,23 @@ def _ideal_worker(conn, rank: int, n_workers: int, n: int, seed: int) -> None:
     conn.close()
 
 
+def start_children(n_workers: int, target, args_of, name: str, conns: list, procs: list) -> list:
+    """Spawn ``n_workers`` processes running ``target(pipe, *args_of(rank))``, appending each's
+    pipe and handle to ``conns``/``procs`` as it starts (so ``stop_children`` stops what began),
+    and return each child's first message (its ready report)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for rank in range(n_workers):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=target, args=(child, *args_of(rank)), daemon=True, name=f"{name}-{rank}")
+        proc.start()
+        child.close()
+        conns.append(parent)
+        procs.append(proc)
+    return [c.recv() for c in conns]
+
+
 def stop_children(conns, procs) -> None:
     """Tell each child process to stop (None on its pipe), join it, kill it by its own handle if it
     does not, and close the pipes."""
@@ -197,20 +214,10 @@ class IdealPool:
     """N spawned processes; ``step()`` runs one synchronized step (all slices, wait for all)."""
 
     def __init__(self, n_workers: int, n: int, seed: int = 0):
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
         self.conns, self.procs = [], []
         try:
-            for rank in range(n_workers):
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_ideal_worker, args=(child, rank, n_workers, n, seed), daemon=True,
-                                   name=f"gradwire-bench-ideal-{rank}")
-                proc.start()
-                child.close()
-                self.conns.append(parent)
-                self.procs.append(proc)
-            ready = [c.recv() for c in self.conns]
+            ready = start_children(n_workers, _ideal_worker, lambda rank: (rank, n_workers, n, seed),
+                                   "gradwire-bench-ideal", self.conns, self.procs)
         except BaseException:
             self.close()
             raise
