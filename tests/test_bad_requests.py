@@ -174,6 +174,13 @@ def _broadcast_exp() -> pb.Graph:
                    Node("l", "sum", ("e",))], params={"p": TensorSpec((), F32)})
 
 
+def _conv_columns() -> pb.Graph:
+    """sum(conv2d(x, w)) of x (1, 1, 512, 512) and a 64x64 kernel: 1 MB of operands whose im2col
+    columns hold 449*449*4096 float32 (3.3 GB)."""
+    return _proto([Node("c", "conv2d", ("x", "w")), Node("l", "sum", ("c",))],
+                  params={"x": TensorSpec((1, 1, 512, 512), F32), "w": TensorSpec((1, 1, 64, 64), F32)})
+
+
 def _matmul_graph(n=200) -> pb.Graph:
     """sum(a @ b) of two (n, n) float32 parameters: 6 n**3 FLOPs forward and backward."""
     return _proto([Node("mm", "matmul", ("a", "b")), Node("l", "sum", ("mm",))],
@@ -434,6 +441,10 @@ CASES = [
     Case("broadcast-then-exp", lambda: _compute(_broadcast_exp(), params=[_whole("p", np.float32(0.5))], batch=[]),
          EXHAUSTED, ("request needs an estimated", "of memory at its peak", "node 'e', op 'exp'",
                      "the limit is 268.4 MB"), server={"max_request_memory": 256 << 20}),
+    Case("conv-columns", lambda: _compute(_conv_columns(), batch=[], params=[
+             _whole("x", np.zeros((1, 1, 512, 512), np.float32)), _whole("w", np.zeros((1, 1, 64, 64), np.float32))]),
+         EXHAUSTED, ("request needs an estimated", "GB of memory at its peak", "op 'conv2d'", "the limit is 1.1 GB"),
+         server={"max_request_memory": 1 << 30, "max_request_flops": 1e15}),
     Case("over-the-flops-limit", lambda: _compute(_matmul_graph(), params=MATMUL_PARAMS, batch=[]),
          EXHAUSTED, ("request needs an estimated", "floating-point operations", "the limit is 1e+07"),
          server={"max_request_flops": 1e7}),
